@@ -1,0 +1,1 @@
+"""Every side effect of a workflow happens in an activity defined here."""

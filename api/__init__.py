@@ -1,0 +1,1 @@
+"""FastAPI application: JSON API v1 and the HTMX pages."""

@@ -1,0 +1,87 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api.routers import audit, auth, health, platform, requests
+from core.db import make_engine, make_session_factory
+from core.runtime import Runtime
+from core.settings import Settings, get_settings
+from core.temporal import connect
+from policies.engine import PolicyEngine
+from web import routes as web_routes
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+async def build_runtime(settings: Settings, database_url: str, temporal_address: str) -> Runtime:
+    engine = make_engine(database_url)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        temporal=await connect(temporal_address, settings.temporal_namespace),
+        policy=PolicyEngine.load(settings.policies_dir),
+        task_queue=settings.task_queue,
+    )
+
+
+def _readable(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{location}: {error.get('msg')}" if location else str(error.get("msg")))
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    """With a runtime (tests, `backoffice dev`) use it; else build one from the settings."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        settings = get_settings()
+        if not settings.database_url or not settings.temporal_address:
+            raise RuntimeError("backoffice web needs DATABASE_URL and TEMPORAL_ADDRESS")
+        built = await build_runtime(settings, settings.database_url, settings.temporal_address)
+        app.state.runtime = built
+        try:
+            yield
+        finally:
+            built.engine.dispose()
+
+    app = FastAPI(
+        title="Backoffice Admin",
+        version="1.0.0",
+        description="Approvals, audit and operations for an online casino and sportsbook.",
+        lifespan=lifespan,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": _readable(exc), "errors": errors}, status_code=422)
+
+    app.add_exception_handler(web_routes.LoginRequired, web_routes.login_required_handler)
+    app.add_exception_handler(web_routes.CsrfRefused, web_routes.csrf_refused_handler)
+    for module in (health, auth, requests, platform, audit):
+        app.include_router(module.router)
+    app.include_router(web_routes.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

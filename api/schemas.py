@@ -1,0 +1,244 @@
+"""API schemas (separate from ORM models) and the builders that fill them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from core.models import ApprovalRequest, AuditEvent, Task
+from core.repositories import requests as requests_repo
+from core.repositories import users as users_repo
+
+T = TypeVar("T")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenRequest(_In):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+    totp: str | None = Field(default=None, max_length=16)
+
+
+class RefreshRequest(_In):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class MeOut(BaseModel):
+    id: int
+    username: str
+    display_name: str
+    department: str
+    roles: list[str]
+    workspaces: list[str]
+
+
+class RequestCreate(_In):
+    action: str = Field(min_length=1, max_length=64, examples=["payment.withdrawal"])
+    target: str = Field(min_length=1, max_length=64, examples=["PAY-0000001"])
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"amount": "2500.00"}])
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class DecisionCreate(_In):
+    decision: Literal["approve", "reject"]
+    comment: str = Field(default="", max_length=2000)
+
+
+class CancelCreate(_In):
+    reason: str = Field(default="", max_length=2000)
+
+
+class StepOut(BaseModel):
+    index: int
+    name: str
+    roles: list[str]
+    required_approvals: int
+    approvals: int
+    status: str
+    opened_at: datetime | None
+    due_at: datetime | None
+    sla_breached: bool
+    sla_breached_at: datetime | None
+    closed_at: datetime | None
+
+
+class DecisionOut(BaseModel):
+    user: str
+    step: int
+    decision: str
+    comment: str
+    channel: str
+    decided_at: datetime
+
+
+class RequestOut(BaseModel):
+    id: uuid.UUID
+    action: str
+    target: str
+    params: dict[str, Any]
+    amount: Decimal | None
+    reason: str
+    requester: str
+    status: str
+    policy_version: str
+    tier: str
+    current_step: int
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+    completed_at: datetime | None
+    outcome: str | None
+    steps: list[StepOut]
+    decisions: list[DecisionOut]
+
+
+class RequestSummary(BaseModel):
+    id: uuid.UUID
+    action: str
+    target: str
+    amount: Decimal | None
+    requester: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskOut(BaseModel):
+    task_id: int
+    request_id: uuid.UUID
+    action: str
+    target: str
+    amount: Decimal | None
+    requester: str
+    reason: str
+    step: int
+    step_name: str
+    required_approvals: int
+    approvals: int
+    due_at: datetime | None
+    sla_breached: bool
+
+
+class PaymentOut(BaseModel):
+    id: str
+    player_id: str
+    player: str
+    region: str
+    kind: str
+    amount: Decimal
+    currency: str
+    method: str
+    status: str
+    created_at: datetime
+    paid_at: datetime | None
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    event_id: uuid.UUID
+    stream: str
+    seq: int
+    occurred_at: datetime
+    actor: str
+    actor_type: str
+    channel: str
+    ip: str | None
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    sensitivity: str
+    prev_hash: str
+    hash: str
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next: str | None
+
+
+def step_out(task: Task) -> StepOut:
+    return StepOut(
+        index=task.step_index,
+        name=task.name,
+        roles=list(task.roles),
+        required_approvals=task.required_approvals,
+        approvals=task.approvals,
+        status=task.status,
+        opened_at=task.opened_at,
+        due_at=task.due_at,
+        sla_breached=task.sla_breached_at is not None,
+        sla_breached_at=task.sla_breached_at,
+        closed_at=task.closed_at,
+    )
+
+
+def request_out(session: Session, request: ApprovalRequest) -> RequestOut:
+    names = users_repo.usernames(session, [request.requester_id])
+    return RequestOut(
+        id=request.id,
+        action=request.action,
+        target=request.target,
+        params=request.params,
+        amount=request.amount,
+        reason=request.reason,
+        requester=names[request.requester_id],
+        status=request.status,
+        policy_version=request.policy_version,
+        tier=request.chain.get("tier", ""),
+        current_step=request.current_step,
+        created_at=request.created_at,
+        updated_at=request.updated_at,
+        expires_at=request.expires_at,
+        completed_at=request.completed_at,
+        outcome=request.outcome,
+        steps=[step_out(task) for task in requests_repo.steps(session, request.id)],
+        decisions=[
+            DecisionOut(
+                user=username,
+                step=decision.step_index,
+                decision=decision.decision,
+                comment=decision.comment,
+                channel=decision.channel,
+                decided_at=decision.decided_at,
+            )
+            for decision, username in requests_repo.decisions(session, request.id)
+        ],
+    )
+
+
+def task_out(row: requests_repo.TaskRow) -> TaskOut:
+    return TaskOut(
+        task_id=row.task.id,
+        request_id=row.request.id,
+        action=row.request.action,
+        target=row.request.target,
+        amount=row.request.amount,
+        requester=row.requester,
+        reason=row.request.reason,
+        step=row.task.step_index,
+        step_name=row.task.name,
+        required_approvals=row.task.required_approvals,
+        approvals=row.task.approvals,
+        due_at=row.task.due_at,
+        sla_breached=row.task.sla_breached_at is not None,
+    )
+
+
+def audit_event_out(event: AuditEvent) -> AuditEventOut:
+    return AuditEventOut.model_validate(event, from_attributes=True)

@@ -1,0 +1,1 @@
+"""Core of Backoffice Admin: settings, database, audit store, services, CLI."""

@@ -1,0 +1,1 @@
+"""All SQL lives here; routes, pages and activities call these functions."""

@@ -1,0 +1,65 @@
+"""Payments of the built-in reference platform."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.models import Payment, Player
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    payment: Payment
+    player: Player
+
+
+def get(session: Session, payment_id: str) -> Payment | None:
+    return session.get(Payment, payment_id)
+
+
+def page(
+    session: Session,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    after_id: str | None = None,
+    limit: int = 50,
+) -> list[PaymentRow]:
+    """Ordered by id; keyset-paginated with `after_id`."""
+    stmt = (
+        select(Payment, Player)
+        .join(Player, Player.id == Payment.player_id)
+        .order_by(Payment.id)
+        .limit(limit)
+    )
+    if status is not None:
+        stmt = stmt.where(Payment.status == status)
+    if kind is not None:
+        stmt = stmt.where(Payment.kind == kind)
+    if after_id is not None:
+        stmt = stmt.where(Payment.id > after_id)
+    return [PaymentRow(payment, player) for payment, player in session.execute(stmt)]
+
+
+def mark_paid(
+    session: Session, payment_id: str, request_id: uuid.UUID, amount: Decimal, now: datetime
+) -> bool:
+    """Pay a pending withdrawal for this request; False if it is not pending at that amount."""
+    result = session.execute(
+        update(Payment)
+        .where(
+            Payment.id == payment_id,
+            Payment.status == "pending",
+            Payment.kind == "withdrawal",
+            Payment.amount == amount,
+        )
+        .values(status="paid", paid_at=now, paid_by_request=request_id)
+        .returning(Payment.id)
+    )
+    return result.scalar_one_or_none() is not None

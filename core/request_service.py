@@ -1,0 +1,295 @@
+"""Submitting, deciding and cancelling approval requests: the one path for web, API and chat.
+
+Every entry point calls these functions, which ask the policy engine first, then start or
+update the request's workflow; the workflow's validators re-check what must always hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.orm import Session
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.models import ApprovalRequest
+from core.repositories import payments as payments_repo
+from core.repositories import requests as requests_repo
+from core.repositories import users as users_repo
+from core.runtime import Runtime
+from policies.rules import Decision, check_approval_decision, check_cancel
+from policies.snapshot import Principal
+from workflows.approval import ApprovalWorkflow
+from workflows.contracts import (
+    ApprovalInput,
+    CancelInput,
+    DecisionInput,
+    Origin,
+    approval_workflow_id,
+)
+
+MAX_REASON = 2000
+WORKFLOW_ANSWER_TIMEOUT = 15.0
+MAX_COMMENT = 2000
+
+# Refusal codes of the policy rules and workflow validators, as HTTP statuses.
+_STATUS_BY_CODE = {
+    "forbidden": 403,
+    "own_request": 403,
+    "missing_role": 403,
+    "not_requester": 403,
+    "already_decided": 409,
+    "not_pending": 409,
+    "bad_decision": 422,
+    "unknown_action": 422,
+}
+
+
+@dataclass
+class RequestError(Exception):
+    """A refusal to show the person: an HTTP status, a sentence, and per-field messages."""
+
+    status: int
+    detail: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def refusal(decision: Decision) -> RequestError:
+    return RequestError(_STATUS_BY_CODE.get(decision.code, 403), decision.reason)
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    action: str
+    target: str
+    params: dict[str, Any]
+    reason: str
+
+
+def _check_withdrawal_target(session: Session, target: str, params: dict[str, Any]) -> None:
+    payment = payments_repo.get(session, target)
+    if payment is None or payment.kind != "withdrawal":
+        raise RequestError(422, f"no withdrawal with id '{target}'", {"target": "unknown payment"})
+    if payment.status != "pending":
+        raise RequestError(409, f"withdrawal {target} is {payment.status}, not pending")
+    if params.get("amount") in (None, ""):
+        params["amount"] = f"{payment.amount:.2f}"
+        return
+    try:
+        matches = Decimal(str(params["amount"])) == payment.amount
+    except ArithmeticError:
+        return  # not a number: the parameter check names it
+    if not matches:
+        raise RequestError(
+            422,
+            f"amount does not match withdrawal {target} ({payment.amount} {payment.currency})",
+            {"amount": f"must equal the withdrawal amount {payment.amount}"},
+        )
+
+
+TARGET_CHECKS = {"payment.withdrawal": _check_withdrawal_target}
+
+
+def _prepare(
+    session: Session, rt: Runtime, principal: Principal, new: NewRequest
+) -> dict[str, str]:
+    verdict = rt.policy.may_request(principal, new.action)
+    if not verdict:
+        if verdict.code == "unknown_action":
+            raise RequestError(422, verdict.reason, {"action": "unknown action"})
+        raise refusal(verdict)
+    errors: dict[str, str] = {}
+    reason = new.reason.strip()
+    if not reason:
+        errors["reason"] = "a reason is required"
+    elif len(reason) > MAX_REASON:
+        errors["reason"] = f"at most {MAX_REASON} characters"
+    if not new.target.strip():
+        errors["target"] = "a target is required"
+    if errors:
+        raise RequestError(422, "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
+    params = dict(new.params)
+    check_target = TARGET_CHECKS.get(new.action)
+    if check_target is not None:
+        check_target(session, new.target, params)
+    clean, param_errors = rt.policy.validate_params(new.action, params)
+    if param_errors:
+        fields = {e.field: e.message for e in param_errors}
+        raise RequestError(422, "; ".join(f"{e.field} {e.message}" for e in param_errors), fields)
+    existing = requests_repo.pending_for_target(session, new.action, new.target)
+    if existing is not None:
+        raise RequestError(
+            409, f"request {existing.id} for {new.target} is already {existing.status}"
+        )
+    return clean
+
+
+async def submit(
+    rt: Runtime, principal: Principal, new: NewRequest, origin: Origin
+) -> ApprovalRequest:
+    def prepare() -> dict[str, str]:
+        with rt.sessions() as session:
+            return _prepare(session, rt, principal, new)
+
+    params = await asyncio.to_thread(prepare)
+    request_id = str(uuid.uuid4())
+    request = ApprovalInput(
+        request_id=request_id,
+        action=new.action,
+        target=new.target.strip(),
+        params=params,
+        reason=new.reason.strip(),
+        requester=principal.username,
+        requester_id=principal.user_id,
+        chain=rt.policy.chain_for(new.action, params),
+        origin=origin,
+    )
+    start = WithStartWorkflowOperation(
+        ApprovalWorkflow.run,
+        request,
+        id=approval_workflow_id(request_id),
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        task_queue=rt.task_queue,
+    )
+    try:
+        await asyncio.wait_for(
+            rt.temporal.execute_update_with_start_workflow(
+                ApprovalWorkflow.submitted, start_workflow_operation=start
+            ),
+            WORKFLOW_ANSWER_TIMEOUT,
+        )
+    except (TimeoutError, RPCError):
+        raise RequestError(
+            503, "the approval service did not answer; check My requests before retrying"
+        ) from None
+    return await asyncio.to_thread(load, rt, uuid.UUID(request_id))
+
+
+def load(rt: Runtime, request_id: uuid.UUID) -> ApprovalRequest:
+    with rt.sessions() as session:
+        request = requests_repo.get(session, request_id)
+    if request is None:
+        raise RequestError(404, "request not found")
+    return request
+
+
+def visible_request(
+    session: Session, rt: Runtime, principal: Principal, request_id: uuid.UUID
+) -> ApprovalRequest:
+    """The request if this person may see it; 404 otherwise (never reveal it exists)."""
+    request = requests_repo.get(session, request_id)
+    if request is None:
+        raise RequestError(404, "request not found")
+    if rt.policy.authorize(principal, "requests:view_all"):
+        return request
+    if not requests_repo.can_view(session, request, principal.user_id, principal.roles):
+        raise RequestError(404, "request not found")
+    return request
+
+
+def _precheck_decision(
+    rt: Runtime, principal: Principal, request_id: uuid.UUID, decision: str, comment: str
+) -> None:
+    if decision not in ("approve", "reject"):
+        raise RequestError(422, "decision must be 'approve' or 'reject'", {"decision": "invalid"})
+    if len(comment) > MAX_COMMENT:
+        raise RequestError(
+            422, f"comment: at most {MAX_COMMENT} characters", {"comment": "too long"}
+        )
+    with rt.sessions() as session:
+        request = visible_request(session, rt, principal, request_id)
+        verdict = rt.policy.authorize(principal, f"{request.action}:approve")
+        if not verdict:
+            raise refusal(verdict)
+        steps = requests_repo.steps(session, request_id)
+        deciders = [username for _, username in requests_repo.decisions(session, request_id)]
+        requester = users_repo.usernames(session, [request.requester_id])[request.requester_id]
+    step = steps[request.current_step]
+    verdict = check_approval_decision(
+        user=principal.username,
+        user_roles=principal.roles,
+        requester=requester,
+        status=request.status,
+        step_name=step.name,
+        step_roles=step.roles,
+        deciders=deciders,
+    )
+    if not verdict:
+        raise refusal(verdict)
+
+
+def _update_refusal(err: WorkflowUpdateFailedError) -> RequestError:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return RequestError(_STATUS_BY_CODE.get(cause.type or "", 409), cause.message)
+    return RequestError(409, "the request no longer accepts decisions")
+
+
+async def _send_update(update: Awaitable[object]) -> None:
+    """Send a decision-like Update; map refusals and a closed workflow to 4xx."""
+    try:
+        await asyncio.wait_for(update, WORKFLOW_ANSWER_TIMEOUT)
+    except WorkflowUpdateFailedError as err:
+        raise _update_refusal(err) from None
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RequestError(409, "the request is closed and accepts no more changes") from None
+        raise RequestError(503, "the approval service is unavailable; retry shortly") from None
+    except TimeoutError:
+        raise RequestError(
+            503, "the approval service did not answer in time; reload to see the request"
+        ) from None
+
+
+async def decide(
+    rt: Runtime,
+    principal: Principal,
+    request_id: uuid.UUID,
+    decision: str,
+    comment: str,
+    origin: Origin,
+) -> ApprovalRequest:
+    await asyncio.to_thread(_precheck_decision, rt, principal, request_id, decision, comment)
+    handle = rt.temporal.get_workflow_handle(approval_workflow_id(str(request_id)))
+    command = DecisionInput(
+        user=principal.username,
+        user_id=principal.user_id,
+        roles=sorted(principal.roles),
+        decision=decision,
+        comment=comment.strip(),
+        origin=origin,
+    )
+    await _send_update(handle.execute_update(ApprovalWorkflow.decide, command))
+    return await asyncio.to_thread(load, rt, request_id)
+
+
+async def cancel(
+    rt: Runtime, principal: Principal, request_id: uuid.UUID, reason: str, origin: Origin
+) -> ApprovalRequest:
+    def precheck() -> None:
+        with rt.sessions() as session:
+            request = visible_request(session, rt, principal, request_id)
+            requester = principal.username if request.requester_id == principal.user_id else ""
+            verdict = check_cancel(
+                user=principal.username, requester=requester, status=request.status
+            )
+            if not verdict:
+                raise refusal(verdict)
+
+    await asyncio.to_thread(precheck)
+    handle = rt.temporal.get_workflow_handle(approval_workflow_id(str(request_id)))
+    command = CancelInput(
+        user=principal.username, user_id=principal.user_id, reason=reason.strip(), origin=origin
+    )
+    await _send_update(handle.execute_update(ApprovalWorkflow.cancel, command))
+    return await asyncio.to_thread(load, rt, request_id)

@@ -1,0 +1,111 @@
+"""Password hashing (argon2) and JWTs (python-jose, algorithm pinned)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from jose import JWTError, jwt
+
+JWT_ALGORITHM = "HS256"
+JWT_ISSUER = "backoffice"
+JWT_AUDIENCE = "backoffice-api"
+ACCESS = "access"
+REFRESH = "refresh"
+
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so both paths cost the same time.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: int
+    token_type: str
+    jti: str
+    family: str | None
+    expires_at: datetime
+
+
+def encode_token(
+    key: str,
+    *,
+    user_id: int,
+    token_type: str,
+    lifetime: timedelta,
+    family: str | None = None,
+    now: datetime | None = None,
+) -> tuple[str, TokenClaims]:
+    issued = now or datetime.now(UTC)
+    claims = TokenClaims(
+        user_id=user_id,
+        token_type=token_type,
+        jti=secrets.token_hex(16),
+        family=family,
+        expires_at=issued + lifetime,
+    )
+    payload: dict[str, Any] = {
+        "sub": str(user_id),
+        "typ": token_type,
+        "jti": claims.jti,
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "iat": int(issued.timestamp()),
+        "exp": int(claims.expires_at.timestamp()),
+    }
+    if family is not None:
+        payload["fam"] = family
+    return jwt.encode(payload, key, algorithm=JWT_ALGORITHM), claims
+
+
+def decode_token(key: str, token: str, expected_type: str) -> TokenClaims:
+    """Only HS256 is accepted: `none` and algorithm-confusion tokens are refused."""
+    try:
+        header = jwt.get_unverified_header(token)
+        if header.get("alg") != JWT_ALGORITHM:
+            raise InvalidToken("token algorithm not accepted")
+        payload = jwt.decode(
+            token, key, algorithms=[JWT_ALGORITHM], audience=JWT_AUDIENCE, issuer=JWT_ISSUER
+        )
+    except JWTError as exc:
+        raise InvalidToken(str(exc)) from exc
+    if payload.get("typ") != expected_type:
+        raise InvalidToken(f"expected a {expected_type} token")
+    try:
+        return TokenClaims(
+            user_id=int(payload["sub"]),
+            token_type=payload["typ"],
+            jti=str(payload["jti"]),
+            family=payload.get("fam"),
+            expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InvalidToken("malformed token claims") from exc

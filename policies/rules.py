@@ -1,0 +1,65 @@
+"""Pure rules shared by every entry point and by workflow update validators."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    code: str
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+ALLOW = Decision(True, "allowed", "allowed")
+
+
+def deny(code: str, reason: str) -> Decision:
+    return Decision(False, code, reason)
+
+
+def permission_matches(granted: str, wanted: str) -> bool:
+    """`payments:*` grants `payments:view`, `*:view` grants every view; `*` grants all."""
+    if granted in ("*", wanted):
+        return True
+    resource, _, verb = granted.partition(":")
+    wanted_resource, _, wanted_verb = wanted.partition(":")
+    return (resource in ("*", wanted_resource)) and (verb in ("*", wanted_verb))
+
+
+def check_approval_decision(
+    *,
+    user: str,
+    user_roles: Collection[str],
+    requester: str,
+    status: str,
+    step_name: str,
+    step_roles: Collection[str],
+    deciders: Collection[str],
+) -> Decision:
+    """May `user` approve or reject the current step of a request? Separation of duties."""
+    if status != "pending":
+        return deny("not_pending", f"the request is {status}; decisions are closed")
+    if user == requester:
+        return deny("own_request", "you cannot decide on your own request")
+    if user in deciders:
+        return deny("already_decided", "you have already decided on this request")
+    if not set(user_roles) & set(step_roles):
+        return deny(
+            "missing_role",
+            f"step '{step_name}' needs one of the roles: {', '.join(sorted(step_roles))}",
+        )
+    return ALLOW
+
+
+def check_cancel(*, user: str, requester: str, status: str) -> Decision:
+    if status != "pending":
+        return deny("not_pending", f"the request is {status}; it can no longer be cancelled")
+    if user != requester:
+        return deny("not_requester", "only the requester can cancel a request")
+    return ALLOW

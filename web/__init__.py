@@ -1,0 +1,1 @@
+"""HTMX pages: routes, templates, static files."""

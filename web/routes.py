@@ -1,0 +1,620 @@
+"""The HTMX pages. Plain handlers: a full page normally, a fragment for htmx requests."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from api.deps import RuntimeDep, origin_of
+from api.schemas import request_out, task_out
+from core import audit, auth, request_service
+from core.models import User
+from core.repositories import payments as payments_repo
+from core.repositories import requests as requests_repo
+from core.repositories import users as users_repo
+from core.request_service import NewRequest, RequestError
+from core.runtime import Runtime
+from core.security import new_token
+from policies.rules import check_approval_decision
+from policies.snapshot import Principal
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+SESSION_COOKIE = "bo_session"
+LOGIN_CSRF_COOKIE = "bo_login_csrf"
+PAGE_SIZE = 25
+
+router = APIRouter(include_in_schema=False)
+env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+
+
+def _until(value: datetime | None, now: datetime | None = None) -> str:
+    """'due in 3h 20m' / 'SLA breached 5m ago' in words, not colour."""
+    if value is None:
+        return ""
+    seconds = int((value - (now or datetime.now(UTC))).total_seconds())
+    span = abs(seconds)
+    days, rest = divmod(span, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    text = f"{days}d {hours}h" if days else f"{hours}h {minutes}m" if hours else f"{minutes}m"
+    return f"due in {text}" if seconds >= 0 else f"overdue by {text}"
+
+
+def _money(value: Decimal | str | None) -> str:
+    if value is None:
+        return ""
+    return f"{Decimal(str(value)):,.2f}"
+
+
+env.filters["until"] = _until
+env.filters["money"] = _money
+env.filters["dt"] = lambda v: v.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if v else ""
+env.globals["now"] = lambda: datetime.now(UTC)
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    status_code: int = 200,
+    block: str | None = None,
+) -> HTMLResponse:
+    """Render a page, or only one of its blocks (the htmx fragment)."""
+    template = env.get_template(name)
+    context = {"request": request, **context}
+    if block is None:
+        return HTMLResponse(template.render(context), status_code=status_code)
+    ctx = template.new_context(context)
+    return HTMLResponse("".join(template.blocks[block](ctx)), status_code=status_code)
+
+
+def is_htmx(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+# --- who is signed in ---------------------------------------------------------------
+
+
+class LoginRequired(Exception):
+    pass
+
+
+class CsrfRefused(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Viewer:
+    user: User
+    principal: Principal
+    csrf_token: str
+    cookie: str
+    workspaces: list[tuple[str, str]]
+
+
+def _sessions(rt: RuntimeDep) -> Iterator[Session]:
+    with rt.sessions() as session:
+        yield session
+
+
+WebSessionDep = Annotated[Session, Depends(_sessions)]
+
+
+def current_viewer(request: Request, rt: RuntimeDep, session: WebSessionDep) -> Viewer:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    found = auth.resolve_web_session(session, cookie) if cookie else None
+    if found is None or cookie is None:
+        raise LoginRequired()
+    user, web_session = found
+    principal = users_repo.principal_for(session, user)
+    return Viewer(
+        user, principal, web_session.csrf_token, cookie, rt.policy.workspaces_for(principal)
+    )
+
+
+ViewerDep = Annotated[Viewer, Depends(current_viewer)]
+
+
+async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
+    """The posted form, after the CSRF token (header or field) matched the session's."""
+    form = await request.form()
+    fields = {key: str(value) for key, value in form.items()}
+    sent = request.headers.get("X-CSRF-Token") or fields.get("csrf_token", "")
+    if not hmac.compare_digest(sent.encode(), viewer.csrf_token.encode()):
+        raise CsrfRefused()
+    return fields
+
+
+FormDep = Annotated[dict[str, str], Depends(checked_form)]
+
+
+def login_required_handler(request: Request, _: Exception) -> Response:
+    target = "/login?" + urlencode({"next": request.url.path})
+    if is_htmx(request):
+        return Response(status_code=401, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+def csrf_refused_handler(request: Request, _: Exception) -> Response:
+    message = "Your form expired or did not come from this site (CSRF check). Reload and retry."
+    if is_htmx(request):
+        return render(request, "_toast.html", {"message": message}, status_code=403)
+    return HTMLResponse(f"<p role='alert'>{message}</p>", status_code=403)
+
+
+def base_context(viewer: Viewer, active: str) -> dict[str, Any]:
+    return {"viewer": viewer, "active": active}
+
+
+def _safe_next(value: str | None) -> str:
+    if value and value.startswith("/") and not value.startswith("//"):
+        return value
+    return "/tasks"
+
+
+# --- login ------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(request: Request, next: str | None = None) -> Response:
+    token = new_token()
+    response = render(request, "login.html", {"csrf_token": token, "next": _safe_next(next)})
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login")
+    return response
+
+
+@router.post("/login")
+async def login_submit(request: Request, rt: RuntimeDep) -> Response:
+    form = await request.form()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    next_url = _safe_next(str(form.get("next", "")))
+    cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    sent_token = str(form.get("csrf_token", ""))
+    if not cookie_token or not hmac.compare_digest(cookie_token.encode(), sent_token.encode()):
+        return render(
+            request,
+            "login.html",
+            {
+                "csrf_token": cookie_token or new_token(),
+                "next": next_url,
+                "username": username,
+                "error": "The sign-in form expired. Please try again.",
+            },
+            status_code=403,
+        )
+    if not username or not password:
+        return render(
+            request,
+            "login.html",
+            {
+                "csrf_token": cookie_token,
+                "next": next_url,
+                "username": username,
+                "error": "Enter your username and password.",
+            },
+            status_code=422,
+        )
+    origin = origin_of(request, "web")
+
+    def sign_in() -> auth.NewWebSession | None:
+        with rt.sessions() as session:
+            try:
+                user = auth.authenticate(session, username, password, origin)
+            except auth.AuthError:
+                session.commit()
+                return None
+            opened = auth.open_web_session(session, rt.settings, user, origin)
+            session.commit()
+            return opened
+
+    opened = await asyncio.to_thread(sign_in)
+    if opened is None:
+        return render(
+            request,
+            "login.html",
+            {
+                "csrf_token": cookie_token,
+                "next": next_url,
+                "username": username,
+                "error": "Wrong username or password.",
+            },
+            status_code=401,
+        )
+    response = RedirectResponse(next_url, status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        opened.cookie_value,
+        httponly=True,
+        samesite="lax",
+        secure=rt.settings.cookie_secure,
+        expires=opened.expires_at,
+        path="/",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, viewer: ViewerDep, form: FormDep, rt: RuntimeDep) -> Response:
+    with rt.sessions() as session:
+        auth.close_web_session(
+            session, viewer.cookie, viewer.user.username, origin_of(request, "web")
+        )
+        session.commit()
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# --- tasks ------------------------------------------------------------------------
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/tasks", status_code=303)
+
+
+@router.get("/tasks")
+def my_tasks(request: Request, viewer: ViewerDep, session: WebSessionDep) -> Response:
+    rows = requests_repo.task_queue(
+        session, user_id=viewer.user.id, roles=viewer.principal.roles, limit=200
+    )
+    notifications = requests_repo.notifications_for(
+        session, user_id=viewer.user.id, roles=viewer.principal.roles
+    )
+    context = {
+        **base_context(viewer, "tasks"),
+        "tasks": [task_out(row) for row in rows],
+        "notifications": notifications,
+    }
+    block = (
+        "task_table"
+        if is_htmx(request) and request.headers.get("HX-Target") == "task-table"
+        else None
+    )
+    return render(request, "tasks.html", context, block=block)
+
+
+# --- requests ---------------------------------------------------------------------
+
+
+@router.get("/requests")
+def my_requests(request: Request, viewer: ViewerDep, session: WebSessionDep) -> Response:
+    rows = requests_repo.request_page(session, requester_id=viewer.user.id, limit=100)
+    return render(
+        request,
+        "requests.html",
+        {**base_context(viewer, "requests"), "rows": rows},
+    )
+
+
+def _new_request_context(
+    viewer: Viewer, rt: Runtime, session: Session, values: dict[str, str], errors: dict[str, str]
+) -> dict[str, Any]:
+    action = values.get("action") or "payment.withdrawal"
+    pending = payments_repo.page(session, status="pending", kind="withdrawal", limit=200)
+    return {
+        **base_context(viewer, "new"),
+        "actions": [a for a in rt.policy.actions if rt.policy.may_request(viewer.principal, a)],
+        "action": action,
+        "values": values,
+        "errors": errors,
+        "payments": pending,
+    }
+
+
+@router.get("/requests/new")
+def new_request_form(
+    request: Request,
+    viewer: ViewerDep,
+    rt: RuntimeDep,
+    session: WebSessionDep,
+    action: str = "payment.withdrawal",
+    target: str = "",
+) -> Response:
+    values = {"action": action, "target": target, "amount": "", "reason": ""}
+    payment = payments_repo.get(session, target) if target else None
+    if payment is not None:
+        values["amount"] = f"{payment.amount:.2f}"
+    context = _new_request_context(viewer, rt, session, values, {})
+    if not context["actions"]:
+        return render(
+            request,
+            "error.html",
+            {**base_context(viewer, "new"), "message": "Your roles cannot start any request."},
+            status_code=403,
+        )
+    return render(request, "new_request.html", context)
+
+
+@router.post("/requests/new")
+async def new_request_submit(
+    request: Request, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+) -> Response:
+    values = {key: form.get(key, "").strip() for key in ("action", "target", "amount", "reason")}
+    params = {"amount": values["amount"]} if values["amount"] else {}
+    try:
+        created = await request_service.submit(
+            rt,
+            viewer.principal,
+            NewRequest(values["action"], values["target"], params, values["reason"]),
+            origin_of(request, "web"),
+        )
+    except RequestError as err:
+        refusal = err
+
+        def rerender() -> HTMLResponse:
+            with rt.sessions() as session:
+                context = _new_request_context(viewer, rt, session, values, refusal.fields)
+            context["form_error"] = refusal.detail
+            block = "request_form" if is_htmx(request) else None
+            return render(
+                request, "new_request.html", context, status_code=refusal.status, block=block
+            )
+
+        return await asyncio.to_thread(rerender)
+    location = f"/requests/{created.id}"
+    if is_htmx(request):
+        return Response(status_code=201, headers={"HX-Redirect": location})
+    return RedirectResponse(location, status_code=303)
+
+
+def _request_context(
+    session: Session, rt: Runtime, viewer: Viewer, request_id: uuid.UUID
+) -> dict[str, Any]:
+    request = request_service.visible_request(session, rt, viewer.principal, request_id)
+    detail = request_out(session, request)
+    steps = detail.steps
+    step = steps[detail.current_step] if steps else None
+    can_decide = bool(
+        step
+        and rt.policy.authorize(viewer.principal, f"{request.action}:approve")
+        and check_approval_decision(
+            user=viewer.user.username,
+            user_roles=viewer.principal.roles,
+            requester=detail.requester,
+            status=detail.status,
+            step_name=step.name,
+            step_roles=step.roles,
+            deciders=[d.user for d in detail.decisions],
+        )
+    )
+    timeline = audit.stream_events(session, f"request:{request_id}")
+    return {
+        **base_context(viewer, "requests"),
+        "r": detail,
+        "can_decide": can_decide,
+        "can_cancel": detail.status == "pending" and detail.requester == viewer.user.username,
+        "timeline": timeline,
+    }
+
+
+@router.get("/requests/{request_id}")
+def request_page(
+    request: Request,
+    request_id: uuid.UUID,
+    viewer: ViewerDep,
+    rt: RuntimeDep,
+    session: WebSessionDep,
+) -> Response:
+    try:
+        context = _request_context(session, rt, viewer, request_id)
+    except RequestError as err:
+        return render(
+            request,
+            "error.html",
+            {**base_context(viewer, ""), "message": err.detail},
+            status_code=err.status,
+        )
+    block = "request_body" if is_htmx(request) else None
+    return render(request, "request.html", context, block=block)
+
+
+@router.post("/requests/{request_id}/decision")
+async def decide(
+    request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+) -> Response:
+    """From the request page (swaps the page body) or a task row (swaps the row)."""
+    decision = form.get("decision", "")
+    from_row = form.get("from") == "task"
+    try:
+        await request_service.decide(
+            rt,
+            viewer.principal,
+            request_id,
+            decision,
+            form.get("comment", ""),
+            origin_of(request, "web"),
+        )
+        error = None
+        status_code = 200
+    except RequestError as err:
+        error, status_code = err.detail, err.status
+
+    def rerender() -> Response:
+        with rt.sessions() as session:
+            if from_row:
+                request_row = requests_repo.get(session, request_id)
+                detail = request_out(session, request_row) if request_row else None
+                return render(
+                    request,
+                    "_task_done.html",
+                    {"r": detail, "error": error, "request_id": request_id},
+                    status_code=status_code,
+                )
+            try:
+                context = _request_context(session, rt, viewer, request_id)
+            except RequestError as err:
+                return render(request, "_toast.html", {"message": err.detail}, err.status)
+            context["decision_error"] = error
+            if not is_htmx(request):
+                return RedirectResponse(f"/requests/{request_id}", status_code=303)
+            return render(
+                request, "request.html", context, status_code=status_code, block="request_body"
+            )
+
+    return await asyncio.to_thread(rerender)
+
+
+@router.post("/requests/{request_id}/cancel")
+async def cancel(
+    request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+) -> Response:
+    error = None
+    status_code = 200
+    try:
+        await request_service.cancel(
+            rt, viewer.principal, request_id, form.get("reason", ""), origin_of(request, "web")
+        )
+    except RequestError as err:
+        error, status_code = err.detail, err.status
+
+    def rerender() -> Response:
+        with rt.sessions() as session:
+            try:
+                context = _request_context(session, rt, viewer, request_id)
+            except RequestError as err:
+                return render(request, "_toast.html", {"message": err.detail}, err.status)
+        context["decision_error"] = error
+        if not is_htmx(request):
+            return RedirectResponse(f"/requests/{request_id}", status_code=303)
+        return render(
+            request, "request.html", context, status_code=status_code, block="request_body"
+        )
+
+    return await asyncio.to_thread(rerender)
+
+
+# --- workspaces -------------------------------------------------------------------
+
+
+def _workspace_or_404(request: Request, viewer: Viewer, key: str) -> Response | None:
+    if key not in {k for k, _ in viewer.workspaces}:
+        return render(
+            request,
+            "error.html",
+            {**base_context(viewer, ""), "message": "Page not found."},
+            status_code=404,
+        )
+    return None
+
+
+@router.get("/w/finance")
+def finance_workspace(
+    request: Request,
+    viewer: ViewerDep,
+    rt: RuntimeDep,
+    session: WebSessionDep,
+    after: str | None = None,
+) -> Response:
+    refused = _workspace_or_404(request, viewer, "finance")
+    if refused is not None:
+        return refused
+    rows = payments_repo.page(
+        session, status="pending", kind="withdrawal", after_id=after, limit=PAGE_SIZE + 1
+    )
+    return render(
+        request,
+        "finance.html",
+        {
+            **base_context(viewer, "finance"),
+            "rows": rows[:PAGE_SIZE],
+            "next": rows[PAGE_SIZE - 1].payment.id if len(rows) > PAGE_SIZE else None,
+            "can_request": bool(rt.policy.may_request(viewer.principal, "payment.withdrawal")),
+        },
+    )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@router.get("/w/compliance")
+def compliance_workspace(
+    request: Request,
+    viewer: ViewerDep,
+    rt: RuntimeDep,
+    session: WebSessionDep,
+    stream: str = "",
+    actor: str = "",
+    since: str = "",
+    until: str = "",
+    before: str = "",
+) -> Response:
+    refused = _workspace_or_404(request, viewer, "compliance")
+    if refused is not None:
+        return refused
+    filters = {"stream": stream, "actor": actor, "since": since, "until": until}
+    error = None
+    events: list[Any] = []
+    try:
+        query = audit.AuditQuery(
+            stream=stream.strip() or None,
+            actor=actor.strip() or None,
+            since=_parse_time(since),
+            until=_parse_time(until),
+            before_id=int(before) if before else None,
+            limit=PAGE_SIZE + 1,
+        )
+        events = audit.search(session, query)
+    except ValueError:
+        error = "Times must look like 2026-11-23T10:00 (UTC), and the cursor must be a number."
+    next_link = None
+    if len(events) > PAGE_SIZE:
+        next_link = "?" + urlencode({**filters, "before": events[PAGE_SIZE - 1].id})
+    return render(
+        request,
+        "compliance.html",
+        {
+            **base_context(viewer, "compliance"),
+            "events": events[:PAGE_SIZE],
+            "filters": filters,
+            "error": error,
+            "next_link": next_link,
+        },
+        status_code=422 if error else 200,
+    )
+
+
+@router.get("/w/{key}")
+def department_workspace(
+    request: Request, key: str, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
+) -> Response:
+    """Departments whose catalogue actions arrive later show their requests and open tasks."""
+    refused = _workspace_or_404(request, viewer, key)
+    if refused is not None:
+        return refused
+    title = dict(viewer.workspaces)[key]
+    rows = requests_repo.request_page(session, requester_id=viewer.user.id, limit=50)
+    department_actions = [
+        name
+        for name in rt.policy.actions
+        if (chain := rt.policy.chain_definition(name)) is not None and chain.department == key
+    ]
+    return render(
+        request,
+        "workspace.html",
+        {
+            **base_context(viewer, key),
+            "title": title,
+            "rows": [r for r in rows if r[0].action in department_actions],
+            "actions": department_actions,
+        },
+    )

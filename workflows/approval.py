@@ -1,0 +1,332 @@
+"""ApprovalWorkflow: one sensitive action through its chain of approvers, then executed once.
+
+Decisions and cancellation arrive as Updates. Each handler claims its place synchronously
+(so two concurrent updates can never both pass separation of duties), records its audit
+event through the activity, then waits until `run` has applied the consequences, so the
+caller gets the request's new state in the same round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.approval import ApprovalActivities
+    from policies.rules import Decision, check_approval_decision, check_cancel, deny
+    from workflows.contracts import (
+        APPROVED,
+        CANCELLED,
+        EXECUTED,
+        EXPIRED,
+        FAILED,
+        PENDING,
+        REJECTED,
+        ApprovalInput,
+        ApprovalState,
+        CancelInput,
+        DecisionInput,
+        ExecuteInput,
+        Origin,
+        StepState,
+        Transition,
+    )
+
+RECORD_TIMEOUT = timedelta(seconds=30)
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+EXECUTE_TIMEOUT = timedelta(seconds=60)
+EXECUTE_GIVE_UP_AFTER = timedelta(hours=1)
+EXECUTE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=["ActionRefused"],
+)
+SYSTEM = "system"
+
+
+@workflow.defn(name="ApprovalWorkflow")
+class ApprovalWorkflow:
+    @workflow.init
+    def __init__(self, request: ApprovalInput) -> None:
+        self._request = request
+        self._status = PENDING
+        self._current = 0
+        self._outcome: str | None = None
+        self._steps = [
+            StepState(
+                index=index,
+                name=spec.name,
+                roles=list(spec.roles),
+                required_approvals=spec.approvals,
+            )
+            for index, spec in enumerate(request.chain.steps)
+        ]
+        # Names of everyone who has claimed a decision (recorded or still being recorded).
+        self._claimed: list[str] = []
+        self._claimed_on_step: dict[int, int] = {}
+        self._rejected_by: DecisionInput | None = None
+        self._cancel: CancelInput | None = None
+        self._submitted = False
+        # Handlers bump `_recorded`; `run` catches `_settled` up once it has acted on them.
+        self._recorded = 0
+        self._settled = 0
+
+    # --- entry points -----------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, request: ApprovalInput) -> ApprovalState:
+        chain = request.chain
+        expires_at = workflow.now() + timedelta(seconds=chain.expires_after_seconds)
+        await self._record(
+            "submitted",
+            actor=request.requester,
+            origin=request.origin,
+            data={
+                "action": request.action,
+                "target": request.target,
+                "params": dict(request.params),
+                "reason": request.reason,
+                "requester_id": request.requester_id,
+                "chain": dataclasses.asdict(chain),
+                "expires_at": expires_at.isoformat(),
+            },
+        )
+
+        for step in self._steps:
+            self._current = step.index
+            step.status = "open"
+            step.due_at = workflow.now() + timedelta(seconds=chain.steps[step.index].sla_seconds)
+            await self._record(
+                "step_opened", step_index=step.index, data={"due_at": step.due_at.isoformat()}
+            )
+            self._submitted = True
+            if not await self._wait_for_step(step, expires_at):
+                break
+            step.status = "approved"
+            await self._record("step_approved", step_index=step.index)
+        else:
+            self._status = APPROVED
+            await self._record("approved")
+            self._settle()
+            await self._execute()
+
+        self._settle()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.state()
+
+    @workflow.update
+    async def submitted(self) -> ApprovalState:
+        """Returns once the request and its first open step are in the read model.
+
+        Sent with update-with-start, so the caller gets the recorded request in one call.
+        """
+        await workflow.wait_condition(lambda: self._submitted)
+        return self.state()
+
+    @workflow.update
+    async def decide(self, decision: DecisionInput) -> ApprovalState:
+        refusal = self._decision_refusal(decision)
+        if refusal is not None:  # re-checked here: validators of concurrent updates all run first
+            raise ApplicationError(refusal.reason, type=refusal.code)
+        step = self._steps[self._current]
+        self._claimed.append(decision.user)
+        self._claimed_on_step[step.index] = self._claimed_on_step.get(step.index, 0) + 1
+        await self._record(
+            "decided",
+            actor=decision.user,
+            origin=decision.origin,
+            step_index=step.index,
+            data={
+                "decision": decision.decision,
+                "comment": decision.comment,
+                "user_id": decision.user_id,
+            },
+        )
+        if decision.decision == "approve":
+            step.approvers.append(decision.user)
+        elif self._rejected_by is None:
+            self._rejected_by = decision
+        return await self._wait_until_settled()
+
+    @decide.validator
+    def _validate_decide(self, decision: DecisionInput) -> None:
+        refusal = self._decision_refusal(decision)
+        if refusal is not None:
+            raise ApplicationError(refusal.reason, type=refusal.code)
+
+    @workflow.update
+    async def cancel(self, cancel: CancelInput) -> ApprovalState:
+        refusal = self._cancel_refusal(cancel)
+        if refusal is not None:
+            raise ApplicationError(refusal.reason, type=refusal.code)
+        self._cancel = cancel
+        return await self._wait_until_settled()
+
+    @cancel.validator
+    def _validate_cancel(self, cancel: CancelInput) -> None:
+        refusal = self._cancel_refusal(cancel)
+        if refusal is not None:
+            raise ApplicationError(refusal.reason, type=refusal.code)
+
+    @workflow.query
+    def state(self) -> ApprovalState:
+        return ApprovalState(
+            request_id=self._request.request_id,
+            status=self._status,
+            current_step=self._current,
+            steps=self._steps,
+            outcome=self._outcome,
+        )
+
+    # --- rules ------------------------------------------------------------------------
+
+    def _decision_refusal(self, decision: DecisionInput) -> Decision | None:
+        if decision.decision not in ("approve", "reject"):
+            return deny("bad_decision", "decision must be 'approve' or 'reject'")
+        status = self._status if self._cancel is None and self._rejected_by is None else "closing"
+        step = self._steps[self._current]
+        verdict = check_approval_decision(
+            user=decision.user,
+            user_roles=decision.roles,
+            requester=self._request.requester,
+            status=status if self._submitted else "being submitted",
+            step_name=step.name,
+            step_roles=step.roles,
+            deciders=self._claimed,
+        )
+        if not verdict:
+            return verdict
+        if self._claimed_on_step.get(step.index, 0) >= step.required_approvals:
+            return deny("not_pending", f"step '{step.name}' already has its approvals")
+        return None
+
+    def _cancel_refusal(self, cancel: CancelInput) -> Decision | None:
+        status = self._status if self._cancel is None else "being cancelled"
+        verdict = check_cancel(user=cancel.user, requester=self._request.requester, status=status)
+        return None if verdict else verdict
+
+    # --- internals --------------------------------------------------------------------
+
+    async def _wait_for_step(self, step: StepState, expires_at: datetime) -> bool:
+        """Wait until the step is approved (True) or the request ends another way (False).
+
+        Handlers are released (`_settle`) only once everything they caused is recorded.
+        """
+        while True:
+            if self._cancel is not None:
+                cancel = self._cancel
+                await self._finish(
+                    CANCELLED, "cancelled", cancel.user, cancel.origin, {"reason": cancel.reason}
+                )
+                return False
+            if self._rejected_by is not None:
+                reject = self._rejected_by
+                await self._finish(
+                    REJECTED, "rejected", reject.user, reject.origin, {"comment": reject.comment}
+                )
+                return False
+            if len(step.approvers) >= step.required_approvals:
+                return True
+            self._settle()
+            assert step.due_at is not None
+            deadline = expires_at if step.sla_breached else min(step.due_at, expires_at)
+            remaining = (deadline - workflow.now()).total_seconds()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await workflow.wait_condition(
+                    lambda: self._recorded > self._settled, timeout=remaining
+                )
+            except TimeoutError:
+                if workflow.now() >= expires_at:
+                    await self._finish(EXPIRED, "expired", SYSTEM)
+                    return False
+                step.sla_breached = True
+                spec = self._request.chain.steps[step.index]
+                await self._record(
+                    "sla_breached",
+                    step_index=step.index,
+                    data={"due_at": step.due_at.isoformat(), "escalate_to": spec.escalate_to},
+                )
+
+    async def _finish(
+        self,
+        status: str,
+        kind: str,
+        actor: str,
+        origin: Origin | None = None,
+        data: dict[str, object] | None = None,
+    ) -> None:
+        self._status = status
+        for step in self._steps:
+            if step.status in ("open", "waiting"):
+                step.status = status if step.status == "open" else "cancelled"
+        await self._record(kind, actor=actor, origin=origin, data=data)
+
+    async def _execute(self) -> None:
+        request = self._request
+        try:
+            result = await workflow.execute_activity_method(
+                ApprovalActivities.execute_action,
+                ExecuteInput(request.request_id, request.action, request.target, request.params),
+                start_to_close_timeout=EXECUTE_TIMEOUT,
+                schedule_to_close_timeout=EXECUTE_GIVE_UP_AFTER,
+                retry_policy=EXECUTE_RETRY,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            self._outcome = str(cause.message if isinstance(cause, ApplicationError) else err)
+            self._status = FAILED
+            await self._record("failed", data={"error": self._outcome})
+            return
+        self._outcome = result.summary
+        self._status = EXECUTED
+        await self._record(
+            "executed",
+            data={"summary": result.summary, "before": result.before, "after": result.after},
+        )
+
+    async def _wait_until_settled(self) -> ApprovalState:
+        self._recorded += 1
+        ticket = self._recorded
+        await workflow.wait_condition(lambda: self._settled >= ticket)
+        return self.state()
+
+    def _settle(self) -> None:
+        self._settled = self._recorded
+
+    async def _record(
+        self,
+        kind: str,
+        *,
+        actor: str = SYSTEM,
+        origin: Origin | None = None,
+        step_index: int | None = None,
+        data: dict[str, object] | None = None,
+    ) -> None:
+        transition = Transition(
+            event_id=str(workflow.uuid4()),
+            request_id=self._request.request_id,
+            kind=kind,
+            actor=actor,
+            actor_type="system" if actor == SYSTEM else "user",
+            occurred_at=workflow.now(),
+            origin=origin or Origin(channel="workflow"),
+            step_index=step_index,
+            data=dict(data or {}),
+        )
+        await workflow.execute_activity_method(
+            ApprovalActivities.record_transition,
+            transition,
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=RECORD_RETRY,
+        )

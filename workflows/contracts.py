@@ -1,0 +1,114 @@
+"""Inputs and outputs of the approval workflow and its activities (one dataclass each)."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from policies.snapshot import ChainSnapshot
+
+APPROVAL_WORKFLOW_PREFIX = "approval-"
+
+# Request statuses (the read model and the API use the same words).
+PENDING = "pending"
+APPROVED = "approved"
+REJECTED = "rejected"
+EXPIRED = "expired"
+CANCELLED = "cancelled"
+EXECUTED = "executed"
+FAILED = "failed"
+TERMINAL_STATUSES = frozenset({REJECTED, EXPIRED, CANCELLED, EXECUTED, FAILED})
+
+
+def approval_workflow_id(request_id: str) -> str:
+    return f"{APPROVAL_WORKFLOW_PREFIX}{request_id}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a person's command came from; recorded on every audit event they cause."""
+
+    channel: str = "api"
+    ip: str | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalInput:
+    request_id: str
+    action: str
+    target: str
+    params: dict[str, str]
+    reason: str
+    requester: str
+    requester_id: int
+    chain: ChainSnapshot
+    origin: Origin = field(default_factory=Origin)
+
+
+@dataclass(frozen=True)
+class DecisionInput:
+    user: str
+    user_id: int
+    roles: list[str]
+    decision: str  # "approve" or "reject"
+    comment: str = ""
+    origin: Origin = field(default_factory=Origin)
+
+
+@dataclass(frozen=True)
+class CancelInput:
+    user: str
+    user_id: int
+    reason: str = ""
+    origin: Origin = field(default_factory=Origin)
+
+
+@dataclass
+class StepState:
+    index: int
+    name: str
+    roles: list[str]
+    required_approvals: int
+    status: str = "waiting"  # waiting, open, approved, rejected, cancelled, expired
+    approvers: list[str] = field(default_factory=list)
+    due_at: datetime | None = None
+    sla_breached: bool = False
+
+
+@dataclass
+class ApprovalState:
+    request_id: str
+    status: str
+    current_step: int
+    steps: list[StepState]
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One recorded change of a request: an audit event plus its read-model update."""
+
+    event_id: str
+    request_id: str
+    kind: str
+    actor: str
+    actor_type: str
+    occurred_at: datetime
+    origin: Origin = field(default_factory=Origin)
+    step_index: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecuteInput:
+    request_id: str
+    action: str
+    target: str
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ExecuteResult:
+    before: dict[str, Any]
+    after: dict[str, Any]
+    summary: str
