@@ -25,8 +25,13 @@ def build_worker(
     task_queue: str,
     *,
     max_activity_threads: int = 16,
+    fail_workflow_on_task_error: bool = False,
 ) -> Worker:
-    """The one worker: every workflow and activity of the product on one task queue."""
+    """The one worker: every workflow and activity of the product on one task queue.
+
+    `fail_workflow_on_task_error` (tests) turns a workflow task error, such as a sandbox
+    violation, into a failed workflow instead of a task retried forever.
+    """
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_activity_threads)
     return Worker(
         client,
@@ -35,4 +40,5 @@ def build_worker(
         activities=build_activities(sessions),
         activity_executor=executor,
         max_concurrent_activities=max_activity_threads,
+        workflow_failure_exception_types=[Exception] if fail_workflow_on_task_error else [],
     )
