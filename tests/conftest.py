@@ -58,9 +58,11 @@ def database_url() -> Iterator[str]:
     if server:
         yield from _throwaway_database(server)
         return
-    with tempfile.TemporaryDirectory(prefix="backoffice-pg-") as tmp:
-        with embedded_postgres(Path(tmp) / "pgdata") as url:
-            yield url
+    with (
+        tempfile.TemporaryDirectory(prefix="backoffice-pg-") as tmp,
+        embedded_postgres(Path(tmp) / "pgdata") as url,
+    ):
+        yield url
 
 
 @pytest.fixture(scope="session")
