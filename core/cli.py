@@ -12,7 +12,9 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 
-from core.settings import PlaceholderSecretError, Settings
+from pydantic import ValidationError
+
+from core.settings import Settings
 
 log = logging.getLogger("backoffice")
 
@@ -22,10 +24,11 @@ def _settings(force_dev: bool = False) -> Settings:
         os.environ["BACKOFFICE_ENV"] = "dev"
     try:
         return Settings()
-    except PlaceholderSecretError as exc:
-        raise SystemExit(f"backoffice: {exc}") from None
-    except ValueError as exc:
-        raise SystemExit(f"backoffice: invalid settings: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            str(error["msg"]).removeprefix("Value error, ") for error in exc.errors()
+        )
+        raise SystemExit(f"backoffice: invalid settings: {problems}") from None
 
 
 def _database_url(settings: Settings, stack: ExitStack) -> str:

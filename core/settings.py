@@ -16,10 +16,6 @@ DEV_PLACEHOLDER_SECRET = "dev-only-change-me-dev-only-change-me"
 _GUARDED_SECRETS = ("SECRET_KEY", "AUDIT_SIGNING_KEY")
 
 
-class PlaceholderSecretError(ValueError):
-    """A secret still has its development placeholder outside dev mode."""
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -59,7 +55,7 @@ class Settings(BaseSettings):
             value: SecretStr = getattr(self, name.lower())
             secret = value.get_secret_value()
             if secret == DEV_PLACEHOLDER_SECRET or len(secret) < 32:
-                raise PlaceholderSecretError(
+                raise ValueError(
                     f"{name} must be set to a random value of 32+ characters outside dev mode "
                     f"(BACKOFFICE_ENV={self.env})"
                 )
