@@ -1,0 +1,129 @@
+"""`backoffice dev` from nothing: serves the demo, Ctrl-C leaves no process, data survives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+
+def free_port_block(size: int) -> int:
+    """A port P with P..P+size-1 all free (Temporal uses its port, +1 and +2)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + size > 65535:
+            continue
+        taken = False
+        for port in range(base, base + size):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    taken = True
+        if not taken:
+            return base
+    raise RuntimeError("no free port block")
+
+
+def processes_using(path: Path) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if str(path) in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def start(data_dir: Path, ports: dict[str, int]) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
+    env.update(
+        BACKOFFICE_DATA_DIR=str(data_dir),
+        WEB_PORT=str(ports["web"]),
+        TEMPORAL_PORT=str(ports["temporal"]),
+        TEMPORAL_UI_PORT=str(ports["ui"]),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "dev", "--players", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"dev exited early:\n{process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("dev never became ready")
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    return output
+
+
+@pytest.mark.timeout(400)
+def test_dev_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    temporal = free_port_block(3)
+    ports = {"web": free_port_block(1), "temporal": temporal, "ui": free_port_block(1)}
+    base = f"http://127.0.0.1:{ports['web']}"
+
+    first = start(data_dir, ports)
+    try:
+        wait_ready(base, first)
+        token = httpx.post(
+            f"{base}/api/v1/auth/token", json={"username": "fin.clerk", "password": "backoffice"}
+        )
+        assert token.status_code == 200
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        pending = httpx.get(f"{base}/api/v1/payments?status=pending&limit=200", headers=headers)
+        withdrawals = pending.json()["items"]
+        assert len(withdrawals) >= 20
+        assert any(float(p["amount"]) >= 10000 for p in withdrawals)
+        created = httpx.post(
+            f"{base}/api/v1/requests",
+            headers=headers,
+            json={"action": "payment.withdrawal", "target": withdrawals[0]["id"], "reason": "demo"},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        assert httpx.get(f"{base}/login").status_code == 200
+    finally:
+        output = stop(first)
+    assert "fin.manager" in output and "password 'backoffice'" in output
+    assert first.returncode == 0, output
+    time.sleep(1)
+    assert processes_using(data_dir) == []
+
+    second = start(data_dir, ports)
+    try:
+        wait_ready(base, second)
+        token = httpx.post(
+            f"{base}/api/v1/auth/token", json={"username": "fin.clerk", "password": "backoffice"}
+        )
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        mine = httpx.get(f"{base}/api/v1/requests", headers=headers).json()["items"]
+        assert created.json()["id"] in [r["id"] for r in mine]
+    finally:
+        output = stop(second)
+    assert "Seeded 0 demo users" in output
+    time.sleep(1)
+    assert processes_using(data_dir) == []
