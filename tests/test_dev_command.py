@@ -63,7 +63,8 @@ def wait_ready(base: str, process: subprocess.Popen[str], timeout: float = 120) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"dev exited early:\n{process.stdout.read() if process.stdout else ''}")
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"dev exited early:\n{output}")
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return

@@ -10,13 +10,16 @@ from decimal import Decimal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.models import Payment, Player
+from core.models import ApprovalRequest, Payment, Player
+
+OPEN_REQUEST_STATUSES = ("pending", "approved")
 
 
 @dataclass(frozen=True)
 class PaymentRow:
     payment: Payment
     player: Player
+    open_request_id: uuid.UUID | None = None
 
 
 def get(session: Session, payment_id: str) -> Payment | None:
@@ -32,8 +35,18 @@ def page(
     limit: int = 50,
 ) -> list[PaymentRow]:
     """Ordered by id; keyset-paginated with `after_id`."""
+    open_request = (
+        select(ApprovalRequest.id)
+        .where(
+            ApprovalRequest.target == Payment.id,
+            ApprovalRequest.action == "payment.withdrawal",
+            ApprovalRequest.status.in_(OPEN_REQUEST_STATUSES),
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
     stmt = (
-        select(Payment, Player)
+        select(Payment, Player, open_request)
         .join(Player, Player.id == Payment.player_id)
         .order_by(Payment.id)
         .limit(limit)
@@ -44,7 +57,10 @@ def page(
         stmt = stmt.where(Payment.kind == kind)
     if after_id is not None:
         stmt = stmt.where(Payment.id > after_id)
-    return [PaymentRow(payment, player) for payment, player in session.execute(stmt)]
+    return [
+        PaymentRow(payment, player, request_id)
+        for payment, player, request_id in session.execute(stmt)
+    ]
 
 
 def mark_paid(

@@ -13,6 +13,7 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.models import ApprovalRequest, Decision, Notification, Task, User
+from core.repositories.payments import OPEN_REQUEST_STATUSES
 
 OPEN = "open"
 
@@ -46,7 +47,7 @@ def pending_for_target(session: Session, action: str, target: str) -> ApprovalRe
     stmt = select(ApprovalRequest).where(
         ApprovalRequest.action == action,
         ApprovalRequest.target == target,
-        ApprovalRequest.status.in_(("pending", "approved")),
+        ApprovalRequest.status.in_(OPEN_REQUEST_STATUSES),
     )
     return session.execute(stmt.limit(1)).scalar_one_or_none()
 
