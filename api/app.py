@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.routers import audit, auth, health, platform, requests
 from core.db import make_engine, make_session_factory
+from core.events import EventHub, libpq_url
 from core.runtime import Runtime
 from core.settings import Settings, get_settings
 from core.temporal import connect
@@ -47,19 +48,22 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if runtime is not None:
-            app.state.runtime = runtime
-            yield
-            return
-        settings = get_settings()
-        if not settings.database_url or not settings.temporal_address:
-            raise RuntimeError("backoffice web needs DATABASE_URL and TEMPORAL_ADDRESS")
-        built = await build_runtime(settings, settings.database_url, settings.temporal_address)
-        app.state.runtime = built
+        active = runtime
+        if active is None:
+            settings = get_settings()
+            if not settings.database_url or not settings.temporal_address:
+                raise RuntimeError("backoffice web needs DATABASE_URL and TEMPORAL_ADDRESS")
+            active = await build_runtime(settings, settings.database_url, settings.temporal_address)
+        app.state.runtime = active
+        hub = EventHub(libpq_url(active.engine))
+        app.state.events = hub
+        hub.start()
         try:
             yield
         finally:
-            built.engine.dispose()
+            await hub.stop()
+            if runtime is None:
+                active.engine.dispose()
 
     app = FastAPI(
         title="Backoffice Admin",

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg
 
 _PR_SET_PDEATHSIG = 1
@@ -157,9 +158,16 @@ class EmbeddedPostgres:
         return str(server.get_uri(DATABASE_NAME, "psycopg"))
 
     def stop(self) -> None:
+        """Stop the server unless another live process of ours still uses it."""
         server, self._server = self._server, None
-        if server is not None:
-            server.cleanup()  # type: ignore[attr-defined]
+        if server is None:
+            return
+        users = server.global_process_id_list  # type: ignore[attr-defined]
+        for pid in users.get_and_add(os.getpid()):
+            # A user that was killed never unregistered; it must not keep the server alive.
+            if pid != os.getpid() and not psutil.pid_exists(pid):
+                users.get_and_remove(pid)
+        server.cleanup()  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
@@ -403,6 +403,31 @@ def _request_context(
     }
 
 
+@router.get("/requests/{request_id}/task-row")
+def task_row(
+    request: Request,
+    request_id: uuid.UUID,
+    viewer: ViewerDep,
+    rt: RuntimeDep,
+    session: WebSessionDep,
+) -> Response:
+    """A row of My tasks following its request live (someone else decided, it executed)."""
+    try:
+        visible = request_service.visible_request(session, rt, viewer.principal, request_id)
+    except RequestError as err:
+        return render(request, "_toast.html", {"message": err.detail}, status_code=err.status)
+    return render(
+        request,
+        "_task_done.html",
+        {
+            "r": request_out(session, visible),
+            "error": None,
+            "request_id": request_id,
+            "viewer_name": viewer.user.username,
+        },
+    )
+
+
 @router.get("/requests/{request_id}")
 def request_page(
     request: Request,
@@ -448,12 +473,22 @@ async def decide(
     def rerender() -> Response:
         with rt.sessions() as session:
             if from_row:
-                request_row = requests_repo.get(session, request_id)
-                detail = request_out(session, request_row) if request_row else None
+                try:
+                    visible = request_service.visible_request(
+                        session, rt, viewer.principal, request_id
+                    )
+                    detail = request_out(session, visible)
+                except RequestError:
+                    detail = None  # never show a request this person may not see
                 return render(
                     request,
                     "_task_done.html",
-                    {"r": detail, "error": error, "request_id": request_id},
+                    {
+                        "r": detail,
+                        "error": error,
+                        "request_id": request_id,
+                        "viewer_name": viewer.user.username,
+                    },
                     status_code=status_code,
                 )
             try:
@@ -497,6 +532,39 @@ async def cancel(
         )
 
     return await asyncio.to_thread(rerender)
+
+
+# --- live updates -----------------------------------------------------------------
+
+SSE_KEEPALIVE_SECONDS = 15.0
+
+
+@router.get("/events")
+async def events(request: Request, viewer: ViewerDep) -> Response:
+    """Server-sent events: which request changed. Pages decide what to re-fetch."""
+    hub = getattr(request.app.state, "events", None)
+    if hub is None:
+        return Response(status_code=204)
+    queue = hub.subscribe()
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            yield "retry: 5000\n\n"
+            while not await request.is_disconnected():
+                try:
+                    payload = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: request\ndata: {payload}\n\n"
+        finally:
+            hub.unsubscribe(queue)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 # --- workspaces -------------------------------------------------------------------

@@ -13,6 +13,24 @@
     });
   }
   setInterval(tick, 30000);
+  // Live updates: the server says which request changed; regions that show it re-fetch.
+  // A task row being edited (focus inside the table) is not replaced under the user's hands.
+  if (window.EventSource && document.querySelector("[data-live]")) {
+    var source = new EventSource("/events");
+    source.addEventListener("request", function (evt) {
+      var changed;
+      try { changed = JSON.parse(evt.data).request_id; } catch (e) { return; }
+      document.querySelectorAll("[data-live]").forEach(function (el) {
+        var wanted = el.getAttribute("data-live");
+        if (wanted !== "any" && wanted !== changed) return;
+        // A region showing this very request inside a wider one updates alone.
+        if (wanted === "any" && el.querySelector('[data-live="' + changed + '"]')) return;
+        if (el.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
+        // Distinct names: a row's "live" bubbles up and must not refresh the whole list.
+        if (window.htmx) window.htmx.trigger(el, wanted === "any" ? "live-any" : "live");
+      });
+    });
+  }
   document.addEventListener("htmx:afterSwap", tick);
   // Errors from htmx requests land in the toast region when no fragment was sent.
   document.addEventListener("htmx:responseError", function (evt) {
