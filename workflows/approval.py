@@ -324,7 +324,8 @@ class ApprovalWorkflow:
             step_index=step_index,
             data=dict(data or {}),
         )
-        await workflow.execute_activity_method(
+        # A local activity: a short idempotent write needs no task-queue round trip.
+        await workflow.execute_local_activity_method(
             ApprovalActivities.record_transition,
             transition,
             start_to_close_timeout=RECORD_TIMEOUT,
