@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -29,8 +26,3 @@ class ApprovalActivities:
                 return platform.execute(session, command)
         except platform.ActionRefused as refused:
             raise ApplicationError(str(refused), type="ActionRefused", non_retryable=True) from None
-
-
-def build_activities(sessions: SessionFactory) -> list[Callable[..., Any]]:
-    approval = ApprovalActivities(sessions)
-    return [approval.record_transition, approval.execute_action]

@@ -409,7 +409,12 @@ async def bench_ours(
     server = uvicorn.Server(
         uvicorn.Config(create_app(runtime), host=HOST, port=port, log_level="warning")
     )
-    worker = build_worker(runtime.temporal, runtime.sessions, runtime.task_queue)
+    worker = build_worker(
+        runtime.temporal,
+        runtime.sessions,
+        runtime.task_queue,
+        runtime.settings.audit_signing_key.get_secret_value().encode(),
+    )
     worker_task = asyncio.create_task(worker.run())
     server_task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

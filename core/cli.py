@@ -120,7 +120,7 @@ async def _serve(
     import uvicorn
 
     from api.app import build_runtime, create_app
-    from core.temporal import build_worker
+    from core.temporal import build_worker, ensure_schedules
 
     runtime = await build_runtime(settings, database_url, temporal_address)
     tasks: list[asyncio.Task[None]] = []
@@ -128,7 +128,13 @@ async def _serve(
     server = None
     try:
         if worker:
-            temporal_worker = build_worker(runtime.temporal, runtime.sessions, runtime.task_queue)
+            temporal_worker = build_worker(
+                runtime.temporal,
+                runtime.sessions,
+                runtime.task_queue,
+                settings.audit_signing_key.get_secret_value().encode(),
+            )
+            await ensure_schedules(runtime.temporal, runtime.task_queue)
             tasks.append(asyncio.create_task(temporal_worker.run()))
         if web:
             config = uvicorn.Config(

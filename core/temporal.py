@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import concurrent.futures
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.worker import Worker
 
-from activities.approval import build_activities
+from activities.approval import ApprovalActivities
+from activities.audit import AuditActivities
 from core.db import SessionFactory
 from workflows.approval import ApprovalWorkflow
+from workflows.audit_checkpoint import (
+    CHECKPOINT_EVERY,
+    CHECKPOINT_SCHEDULE_ID,
+    AuditCheckpointWorkflow,
+)
 
-WORKFLOWS: Sequence[type] = (ApprovalWorkflow,)
+WORKFLOWS: Sequence[type] = (ApprovalWorkflow, AuditCheckpointWorkflow)
+
+
+def build_activities(
+    sessions: SessionFactory, audit_signing_key: bytes
+) -> list[Callable[..., Any]]:
+    approval = ApprovalActivities(sessions)
+    audit = AuditActivities(sessions, audit_signing_key)
+    return [approval.record_transition, approval.execute_action, audit.write_checkpoint]
 
 
 async def connect(address: str, namespace: str = "default") -> Client:
@@ -23,6 +48,7 @@ def build_worker(
     client: Client,
     sessions: SessionFactory,
     task_queue: str,
+    audit_signing_key: bytes,
     *,
     max_activity_threads: int = 16,
     fail_workflow_on_task_error: bool = False,
@@ -37,8 +63,23 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=build_activities(sessions),
+        activities=build_activities(sessions, audit_signing_key),
         activity_executor=executor,
         max_concurrent_activities=max_activity_threads,
         workflow_failure_exception_types=[Exception] if fail_workflow_on_task_error else [],
     )
+
+
+async def ensure_schedules(client: Client, task_queue: str) -> None:
+    """Create the product's schedules if they do not exist (every worker start calls this)."""
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(
+            CHECKPOINT_SCHEDULE_ID,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    AuditCheckpointWorkflow.run, id=CHECKPOINT_SCHEDULE_ID, task_queue=task_queue
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=CHECKPOINT_EVERY)]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )

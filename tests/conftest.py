@@ -85,7 +85,7 @@ def settings() -> Settings:
     return Settings(
         BACKOFFICE_ENV="production",
         SECRET_KEY=TEST_SECRET,
-        AUDIT_SIGNING_KEY=TEST_SECRET + "-audit",
+        AUDIT_SIGNING_KEY=AUDIT_KEY.decode(),
     )
 
 
@@ -132,9 +132,12 @@ def runtime(
     )
 
 
+AUDIT_KEY = (TEST_SECRET + "-audit").encode()
+
+
 def make_worker(client: Client, sessions: SessionFactory, task_queue: str) -> Worker:
     """Tests fail a workflow on any task error, so a sandbox violation cannot retry forever."""
-    return build_worker(client, sessions, task_queue, fail_workflow_on_task_error=True)
+    return build_worker(client, sessions, task_queue, AUDIT_KEY, fail_workflow_on_task_error=True)
 
 
 @pytest.fixture(scope="session")

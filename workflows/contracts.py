@@ -112,3 +112,9 @@ class ExecuteResult:
     before: dict[str, Any]
     after: dict[str, Any]
     summary: str
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    checkpoint_id: int
+    streams: int
