@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from api.routers import audit, auth, health, platform, requests
@@ -73,6 +73,16 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     if runtime is not None:
         app.state.runtime = runtime
+
+    @app.middleware("http")
+    async def refuse_nul_in_url(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # PostgreSQL cannot store or compare text with NUL: refuse it before any query.
+        raw = request.scope.get("query_string", b"") + request.scope.get("raw_path", b"")
+        if b"%00" in raw.lower() or b"\x00" in raw or "\x00" in request.url.path:
+            return JSONResponse({"detail": "the URL contains a NUL character"}, status_code=400)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

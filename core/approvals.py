@@ -90,11 +90,12 @@ def record_transition(session: Session, transition: Transition) -> bool:
 
 
 def _audit_target(transition: Transition) -> str:
-    if transition.kind in ("executed", "failed") or transition.kind == "submitted":
-        data = transition.data
-        target = data.get("target") or data.get("after", {}).get("id")
-        if target:
-            return str(target)
+    """The business object: the payment for submission and execution, else the request."""
+    data = transition.data
+    if transition.kind == "submitted":
+        return str(data["target"])
+    if transition.kind == "executed" and isinstance(data.get("after"), dict):
+        return str(data["after"].get("id") or request_stream(transition.request_id))
     return request_stream(transition.request_id)
 
 

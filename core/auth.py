@@ -53,6 +53,8 @@ def _security_event(
 
 def authenticate(session: Session, username: str, password: str, origin: Origin) -> User:
     """Check the password; a failure is audited and raises without saying which part was wrong."""
+    if not username.isprintable():  # also keeps NUL, which PostgreSQL refuses, out of queries
+        raise AuthError("wrong username or password")
     user = users_repo.by_username(session, username)
     ok = verify_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:

@@ -100,6 +100,24 @@ def _check_withdrawal_target(session: Session, target: str, params: dict[str, An
 TARGET_CHECKS = {"payment.withdrawal": _check_withdrawal_target}
 
 
+_CONTROL_CHARACTERS = {chr(c) for c in range(32)} - {"\n", "\r", "\t"} | {"\x7f"}
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """Why free text cannot be stored (PostgreSQL refuses NUL; control characters hide text)."""
+    if len(value) > limit:
+        return f"at most {limit} characters"
+    if any(ch in _CONTROL_CHARACTERS for ch in value):
+        return "contains control characters"
+    return None
+
+
+def _check_text(field_name: str, value: str, limit: int) -> None:
+    problem = text_problem(value, limit)
+    if problem is not None:
+        raise RequestError(422, f"{field_name}: {problem}", {field_name: problem})
+
+
 def _prepare(
     session: Session, rt: Runtime, principal: Principal, new: NewRequest
 ) -> dict[str, str]:
@@ -112,10 +130,12 @@ def _prepare(
     reason = new.reason.strip()
     if not reason:
         errors["reason"] = "a reason is required"
-    elif len(reason) > MAX_REASON:
-        errors["reason"] = f"at most {MAX_REASON} characters"
+    elif (problem := text_problem(reason, MAX_REASON)) is not None:
+        errors["reason"] = problem
     if not new.target.strip():
         errors["target"] = "a target is required"
+    elif (problem := text_problem(new.target, 64)) is not None:
+        errors["target"] = problem
     if errors:
         raise RequestError(422, "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
     params = dict(new.params)
@@ -202,10 +222,7 @@ def _precheck_decision(
 ) -> None:
     if decision not in ("approve", "reject"):
         raise RequestError(422, "decision must be 'approve' or 'reject'", {"decision": "invalid"})
-    if len(comment) > MAX_COMMENT:
-        raise RequestError(
-            422, f"comment: at most {MAX_COMMENT} characters", {"comment": "too long"}
-        )
+    _check_text("comment", comment, MAX_COMMENT)
     with rt.sessions() as session:
         request = visible_request(session, rt, principal, request_id)
         verdict = rt.policy.authorize(principal, f"{request.action}:approve")
@@ -276,6 +293,8 @@ async def decide(
 async def cancel(
     rt: Runtime, principal: Principal, request_id: uuid.UUID, reason: str, origin: Origin
 ) -> ApprovalRequest:
+    _check_text("reason", reason, MAX_REASON)
+
     def precheck() -> None:
         with rt.sessions() as session:
             request = visible_request(session, rt, principal, request_id)
