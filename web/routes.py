@@ -403,6 +403,52 @@ def _request_context(
     }
 
 
+def _task_row(
+    request: Request,
+    session: Session,
+    rt: Runtime,
+    viewer: Viewer,
+    request_id: uuid.UUID,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    """The decided row of My tasks; shows nothing of a request this person may not see."""
+    try:
+        visible = request_service.visible_request(session, rt, viewer.principal, request_id)
+        detail = request_out(session, visible)
+    except RequestError as err:
+        detail = None
+        if error is None:  # the row itself is the refusal
+            error, status_code = err.detail, err.status
+    context = {
+        "r": detail,
+        "error": error,
+        "request_id": request_id,
+        "viewer_name": viewer.user.username,
+    }
+    return render(request, "_task_done.html", context, status_code=status_code)
+
+
+def _request_body(
+    request: Request,
+    session: Session,
+    rt: Runtime,
+    viewer: Viewer,
+    request_id: uuid.UUID,
+    error: str | None,
+    status_code: int,
+) -> Response:
+    """After a decision or cancellation: the request page body, with the refusal if any."""
+    try:
+        context = _request_context(session, rt, viewer, request_id)
+    except RequestError as err:
+        return render(request, "_toast.html", {"message": err.detail}, err.status)
+    context["decision_error"] = error
+    if not is_htmx(request):
+        return RedirectResponse(f"/requests/{request_id}", status_code=303)
+    return render(request, "request.html", context, status_code=status_code, block="request_body")
+
+
 @router.get("/requests/{request_id}/task-row")
 def task_row(
     request: Request,
@@ -412,20 +458,7 @@ def task_row(
     session: WebSessionDep,
 ) -> Response:
     """A row of My tasks following its request live (someone else decided, it executed)."""
-    try:
-        visible = request_service.visible_request(session, rt, viewer.principal, request_id)
-    except RequestError as err:
-        return render(request, "_toast.html", {"message": err.detail}, status_code=err.status)
-    return render(
-        request,
-        "_task_done.html",
-        {
-            "r": request_out(session, visible),
-            "error": None,
-            "request_id": request_id,
-            "viewer_name": viewer.user.username,
-        },
-    )
+    return _task_row(request, session, rt, viewer, request_id)
 
 
 @router.get("/requests/{request_id}")
@@ -454,53 +487,23 @@ async def decide(
     request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
     """From the request page (swaps the page body) or a task row (swaps the row)."""
-    decision = form.get("decision", "")
-    from_row = form.get("from") == "task"
+    error, status_code = None, 200
     try:
         await request_service.decide(
             rt,
             viewer.principal,
             request_id,
-            decision,
+            form.get("decision", ""),
             form.get("comment", ""),
             origin_of(request, "web"),
         )
-        error = None
-        status_code = 200
     except RequestError as err:
         error, status_code = err.detail, err.status
+    show = _task_row if form.get("from") == "task" else _request_body
 
     def rerender() -> Response:
         with rt.sessions() as session:
-            if from_row:
-                try:
-                    visible = request_service.visible_request(
-                        session, rt, viewer.principal, request_id
-                    )
-                    detail = request_out(session, visible)
-                except RequestError:
-                    detail = None  # never show a request this person may not see
-                return render(
-                    request,
-                    "_task_done.html",
-                    {
-                        "r": detail,
-                        "error": error,
-                        "request_id": request_id,
-                        "viewer_name": viewer.user.username,
-                    },
-                    status_code=status_code,
-                )
-            try:
-                context = _request_context(session, rt, viewer, request_id)
-            except RequestError as err:
-                return render(request, "_toast.html", {"message": err.detail}, err.status)
-            context["decision_error"] = error
-            if not is_htmx(request):
-                return RedirectResponse(f"/requests/{request_id}", status_code=303)
-            return render(
-                request, "request.html", context, status_code=status_code, block="request_body"
-            )
+            return show(request, session, rt, viewer, request_id, error, status_code)
 
     return await asyncio.to_thread(rerender)
 
@@ -509,8 +512,7 @@ async def decide(
 async def cancel(
     request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
-    error = None
-    status_code = 200
+    error, status_code = None, 200
     try:
         await request_service.cancel(
             rt, viewer.principal, request_id, form.get("reason", ""), origin_of(request, "web")
@@ -520,16 +522,7 @@ async def cancel(
 
     def rerender() -> Response:
         with rt.sessions() as session:
-            try:
-                context = _request_context(session, rt, viewer, request_id)
-            except RequestError as err:
-                return render(request, "_toast.html", {"message": err.detail}, err.status)
-        context["decision_error"] = error
-        if not is_htmx(request):
-            return RedirectResponse(f"/requests/{request_id}", status_code=303)
-        return render(
-            request, "request.html", context, status_code=status_code, block="request_body"
-        )
+            return _request_body(request, session, rt, viewer, request_id, error, status_code)
 
     return await asyncio.to_thread(rerender)
 
