@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import DataError, IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -16,8 +17,16 @@ class ApprovalActivities:
 
     @activity.defn(name="record_transition")
     def record_transition(self, transition: Transition) -> bool:
-        with transaction(self._sessions) as session:
-            return approvals.record_transition(session, transition)
+        try:
+            with transaction(self._sessions) as session:
+                return approvals.record_transition(session, transition)
+        except (DataError, IntegrityError) as refused:
+            # The database refuses this data itself: retrying forever would wedge the request.
+            raise ApplicationError(
+                f"the database refused transition {transition.kind}: {refused.orig}",
+                type="RecordRefused",
+                non_retryable=True,
+            ) from None
 
     @activity.defn(name="execute_action")
     def execute_action(self, command: ExecuteInput) -> ExecuteResult:

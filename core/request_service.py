@@ -14,7 +14,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.orm import Session
-from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    RPCTimeoutOrCancelledError,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -188,7 +192,7 @@ async def submit(
             ),
             WORKFLOW_ANSWER_TIMEOUT,
         )
-    except (TimeoutError, RPCError):
+    except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
         raise RequestError(
             503, "the approval service did not answer; check My requests before retrying"
         ) from None
@@ -262,7 +266,7 @@ async def _send_update(update: Awaitable[object]) -> None:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise RequestError(409, "the request is closed and accepts no more changes") from None
         raise RequestError(503, "the approval service is unavailable; retry shortly") from None
-    except TimeoutError:
+    except (TimeoutError, RPCTimeoutOrCancelledError):
         raise RequestError(
             503, "the approval service did not answer in time; reload to see the request"
         ) from None

@@ -17,6 +17,7 @@ JWT_ISSUER = "backoffice"
 JWT_AUDIENCE = "backoffice-api"
 ACCESS = "access"
 REFRESH = "refresh"
+MAX_USER_ID = 2**31 - 1  # users.id is an INTEGER
 
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so both paths cost the same time.
@@ -93,15 +94,23 @@ def decode_token(key: str, token: str, expected_type: str) -> TokenClaims:
         if header.get("alg") != JWT_ALGORITHM:
             raise InvalidToken("token algorithm not accepted")
         payload = jwt.decode(
-            token, key, algorithms=[JWT_ALGORITHM], audience=JWT_AUDIENCE, issuer=JWT_ISSUER
+            token,
+            key,
+            algorithms=[JWT_ALGORITHM],
+            audience=JWT_AUDIENCE,
+            issuer=JWT_ISSUER,
+            options={"require_aud": True, "require_iss": True, "require_exp": True},
         )
     except JWTError as exc:
         raise InvalidToken(str(exc)) from exc
     if payload.get("typ") != expected_type:
         raise InvalidToken(f"expected a {expected_type} token")
     try:
+        user_id = int(payload["sub"])
+        if not 0 < user_id <= MAX_USER_ID:
+            raise ValueError("subject out of range")
         return TokenClaims(
-            user_id=int(payload["sub"]),
+            user_id=user_id,
             token_type=payload["typ"],
             jti=str(payload["jti"]),
             family=payload.get("fam"),

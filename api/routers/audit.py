@@ -23,7 +23,7 @@ def search_audit(
     actor: Annotated[str | None, Query(max_length=128)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    cursor: Annotated[str | None, Query(pattern=r"^\d{1,19}$")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
     """Newest first. `since` is inclusive, `until` exclusive; both need a timezone."""
@@ -40,7 +40,7 @@ def search_audit(
             actor=actor,
             since=since,
             until=until,
-            before_id=int(cursor) if cursor else None,
+            before_id=cursor,
             limit=limit + 1,
         ),
     )

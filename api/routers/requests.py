@@ -81,7 +81,7 @@ def list_requests(
             before = requests_repo.RequestCursor(
                 datetime.fromisoformat(values["created_at"]), uuid.UUID(values["id"])
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AttributeError):
             raise HTTPException(400, "invalid cursor") from None
     rows = requests_repo.request_page(
         session,
@@ -158,7 +158,7 @@ def my_tasks(caller: CallerDep, session: SessionDep, cursor: str | None = None, 
             after = requests_repo.TaskCursor(
                 datetime.fromisoformat(values["due_at"]), int(values["id"])
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AttributeError):
             raise HTTPException(400, "invalid cursor") from None
     rows = requests_repo.task_queue(
         session,
