@@ -8,22 +8,24 @@ from temporalio.exceptions import ApplicationError
 
 from core import approvals, platform
 from core.db import SessionFactory, transaction
-from workflows.contracts import ExecuteInput, ExecuteResult, Transition
+from workflows.contracts import ExecuteInput, ExecuteResult, TransitionBatch
 
 
 class ApprovalActivities:
     def __init__(self, sessions: SessionFactory) -> None:
         self._sessions = sessions
 
-    @activity.defn(name="record_transition")
-    def record_transition(self, transition: Transition) -> bool:
+    @activity.defn(name="record_transitions")
+    def record_transitions(self, batch: TransitionBatch) -> int:
+        """Record each transition (skipping ones already recorded); returns how many were new."""
         try:
             with transaction(self._sessions) as session:
-                return approvals.record_transition(session, transition)
+                return sum(approvals.record_transition(session, t) for t in batch.transitions)
         except (DataError, IntegrityError) as refused:
             # The database refuses this data itself: retrying forever would wedge the request.
+            kinds = ", ".join(t.kind for t in batch.transitions)
             raise ApplicationError(
-                f"the database refused transition {transition.kind}: {refused.orig}",
+                f"the database refused transition {kinds}: {refused.orig}",
                 type="RecordRefused",
                 non_retryable=True,
             ) from None

@@ -37,7 +37,7 @@ def build_activities(
 ) -> list[Callable[..., Any]]:
     approval = ApprovalActivities(sessions)
     audit = AuditActivities(sessions, audit_signing_key)
-    return [approval.record_transition, approval.execute_action, audit.write_checkpoint]
+    return [approval.record_transitions, approval.execute_action, audit.write_checkpoint]
 
 
 async def connect(address: str, namespace: str = "default") -> Client:

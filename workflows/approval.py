@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         Origin,
         StepState,
         Transition,
+        TransitionBatch,
     )
 
 RECORD_TIMEOUT = timedelta(seconds=30)
@@ -86,36 +87,41 @@ class ApprovalWorkflow:
     async def run(self, request: ApprovalInput) -> ApprovalState:
         chain = request.chain
         expires_at = workflow.now() + timedelta(seconds=chain.expires_after_seconds)
-        await self._record(
-            "submitted",
-            actor=request.requester,
-            origin=request.origin,
-            data={
-                "action": request.action,
-                "target": request.target,
-                "params": dict(request.params),
-                "reason": request.reason,
-                "requester_id": request.requester_id,
-                "chain": dataclasses.asdict(chain),
-                "expires_at": expires_at.isoformat(),
-            },
-        )
-
+        # Transitions that happen together are recorded together, in one transaction.
+        pending = [
+            self._transition(
+                "submitted",
+                actor=request.requester,
+                origin=request.origin,
+                data={
+                    "action": request.action,
+                    "target": request.target,
+                    "params": dict(request.params),
+                    "reason": request.reason,
+                    "requester_id": request.requester_id,
+                    "chain": dataclasses.asdict(chain),
+                    "expires_at": expires_at.isoformat(),
+                },
+            )
+        ]
         for step in self._steps:
             self._current = step.index
             step.status = "open"
             step.due_at = workflow.now() + timedelta(seconds=chain.steps[step.index].sla_seconds)
-            await self._record(
-                "step_opened", step_index=step.index, data={"due_at": step.due_at.isoformat()}
+            pending.append(
+                self._transition(
+                    "step_opened", step_index=step.index, data={"due_at": step.due_at.isoformat()}
+                )
             )
+            await self._record_all(pending)
             self._submitted = True
             if not await self._wait_for_step(step, expires_at):
                 break
             step.status = "approved"
-            await self._record("step_approved", step_index=step.index)
+            pending = [self._transition("step_approved", step_index=step.index)]
         else:
             self._status = APPROVED
-            await self._record("approved")
+            await self._record_all([*pending, self._transition("approved")])
             self._settle()
             await self._execute()
 
@@ -313,7 +319,20 @@ class ApprovalWorkflow:
         step_index: int | None = None,
         data: dict[str, object] | None = None,
     ) -> None:
-        transition = Transition(
+        await self._record_all(
+            [self._transition(kind, actor=actor, origin=origin, step_index=step_index, data=data)]
+        )
+
+    def _transition(
+        self,
+        kind: str,
+        *,
+        actor: str = SYSTEM,
+        origin: Origin | None = None,
+        step_index: int | None = None,
+        data: dict[str, object] | None = None,
+    ) -> Transition:
+        return Transition(
             event_id=str(workflow.uuid4()),
             request_id=self._request.request_id,
             kind=kind,
@@ -324,10 +343,12 @@ class ApprovalWorkflow:
             step_index=step_index,
             data=dict(data or {}),
         )
+
+    async def _record_all(self, transitions: list[Transition]) -> None:
         # A local activity: a short idempotent write needs no task-queue round trip.
         await workflow.execute_local_activity_method(
-            ApprovalActivities.record_transition,
-            transition,
+            ApprovalActivities.record_transitions,
+            TransitionBatch(transitions),
             start_to_close_timeout=RECORD_TIMEOUT,
             retry_policy=RECORD_RETRY,
         )

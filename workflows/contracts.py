@@ -100,6 +100,13 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class TransitionBatch:
+    """Transitions that happened together; recorded in one transaction, in order."""
+
+    transitions: list[Transition]
+
+
+@dataclass(frozen=True)
 class ExecuteInput:
     request_id: str
     action: str

@@ -15,7 +15,13 @@ from activities.approval import ApprovalActivities
 from core.models import AuditEvent, Decision, Notification, Task, User
 from tests.api.test_withdrawal_slice import audit_actions, submit, wait_for_status
 from workflows.approval import ApprovalWorkflow
-from workflows.contracts import DecisionInput, Origin, Transition, approval_workflow_id
+from workflows.contracts import (
+    DecisionInput,
+    Origin,
+    Transition,
+    TransitionBatch,
+    approval_workflow_id,
+)
 
 _USER_IDS: dict[str, int] = {}
 
@@ -183,7 +189,7 @@ async def test_recording_a_transition_twice_writes_once(api, tokens, new_withdra
         return events, notes
 
     before = counts()
-    assert activities.record_transition(transition) is True
+    assert activities.record_transitions(TransitionBatch([transition])) == 1
     once = counts()
-    assert activities.record_transition(transition) is False
+    assert activities.record_transitions(TransitionBatch([transition])) == 0
     assert counts() == once == (before[0] + 1, before[1] + 2)
