@@ -394,8 +394,9 @@ def _request_context(
         )
     )
     timeline = audit.stream_events(session, f"request:{request_id}")
+    mine = detail.requester == viewer.user.username
     return {
-        **base_context(viewer, "requests"),
+        **base_context(viewer, "requests" if mine else "tasks"),
         "r": detail,
         "can_decide": can_decide,
         "can_cancel": detail.status == "pending" and detail.requester == viewer.user.username,
