@@ -141,7 +141,7 @@ def _prepare(
     elif (problem := text_problem(new.target, 64)) is not None:
         errors["target"] = problem
     if errors:
-        raise RequestError(422, "; ".join(errors.values()), errors)
+        raise RequestError(422, "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
     params = dict(new.params)
     check_target = TARGET_CHECKS.get(new.action)
     if check_target is not None:

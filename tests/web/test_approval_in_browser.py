@@ -21,7 +21,7 @@ DECISION_URL = re.compile(r"/requests/[0-9a-f-]{36}/decision$")
 
 STALE_AFTER_DECISION = (
     "a decision's answer was lost: a live refresh of the same region replaced it while the "
-    "POST was in flight (the decision forms sync on their region with hx-sync ...:drop)"
+    "POST was in flight (app.js defers live refreshes of a busy region)"
 )
 
 

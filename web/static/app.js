@@ -13,8 +13,33 @@
     });
   }
   setInterval(tick, 30000);
-  // Live updates: the server says which request changed; regions that show it re-fetch.
-  // A task row being edited (focus inside the table) is not replaced under the user's hands.
+  // Live updates: the server says which request changed; regions showing it re-fetch.
+  // A region busy with a request of its own (a decision being sent, a refresh) or being
+  // typed in is not replaced under the user's hands: its refresh waits, keyed by the
+  // region's id, and runs once the region has settled (so the newest state always wins).
+  var waiting = {};
+  function busy(el) {
+    if (el.classList.contains("htmx-request") || el.querySelector(".htmx-request")) return true;
+    var active = document.activeElement;
+    return el.contains(active) && (active.tagName === "INPUT" || active.tagName === "TEXTAREA");
+  }
+  function refresh(el) {
+    // Distinct names: a row's "live" bubbles up and must not refresh the whole list.
+    var name = el.getAttribute("data-live") === "any" ? "live-any" : "live";
+    if (busy(el)) { waiting[el.id] = name; return; }
+    delete waiting[el.id];
+    if (window.htmx) window.htmx.trigger(el, name);
+  }
+  function runWaiting() {
+    Object.keys(waiting).forEach(function (id) {
+      var el = document.getElementById(id);
+      if (!el) { delete waiting[id]; return; }
+      refresh(el);
+    });
+  }
+  document.addEventListener("htmx:afterSettle", runWaiting);
+  document.addEventListener("htmx:afterRequest", function () { setTimeout(runWaiting, 0); });
+  document.addEventListener("focusout", function () { setTimeout(runWaiting, 0); });
   if (window.EventSource && document.querySelector("[data-live]")) {
     var source = new EventSource("/events");
     source.addEventListener("request", function (evt) {
@@ -25,9 +50,7 @@
         if (wanted !== "any" && wanted !== changed) return;
         // A region showing this very request inside a wider one updates alone.
         if (wanted === "any" && el.querySelector('[data-live="' + changed + '"]')) return;
-        if (el.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return;
-        // Distinct names: a row's "live" bubbles up and must not refresh the whole list.
-        if (window.htmx) window.htmx.trigger(el, wanted === "any" ? "live-any" : "live");
+        refresh(el);
       });
     });
   }
