@@ -60,20 +60,29 @@ def cmd_migrate(settings: Settings) -> int:
     return 0
 
 
-def _seed(url: str, players: int) -> None:
+def _seed(url: str, players: int, transactions_per_player: int = 10) -> None:
     from core.db import make_engine, make_session_factory, transaction
+    from core.platform_seed import PlatformSize
     from core.seed import seed_demo
 
     engine = make_engine(url, pool_size=1)
+    size = PlatformSize(players=players, transactions_per_player=transactions_per_player)
     try:
         with transaction(make_session_factory(engine)) as session:
-            users, seeded_players = seed_demo(session, players=players)
-        print(f"Seeded {users} demo users and {seeded_players} players.")
+            users, report = seed_demo(session, size)
+        if report is None:
+            print(f"Seeded {users} demo users; the reference platform was already there.")
+        else:
+            print(
+                f"Seeded {users} demo users and the reference platform "
+                f"({report.rows['players']:,} players, {report.rows['payments']:,} payments) "
+                f"in {report.seconds:.1f}s — {report.players_per_second:,.0f} players/s."
+            )
     finally:
         engine.dispose()
 
 
-def cmd_seed(settings: Settings, players: int) -> int:
+def cmd_seed(settings: Settings, players: int, transactions_per_player: int) -> int:
     if not settings.is_dev:
         raise SystemExit("backoffice: the demo seed runs only in dev mode (BACKOFFICE_ENV=dev)")
     from core.migrate import upgrade
@@ -81,7 +90,7 @@ def cmd_seed(settings: Settings, players: int) -> int:
     with ExitStack() as stack:
         url = _database_url(settings, stack)
         upgrade(url)
-        _seed(url, players)
+        _seed(url, players, transactions_per_player)
     return 0
 
 
@@ -216,16 +225,29 @@ def cmd_dev(settings: Settings, players: int) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backoffice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the whole demo with embedded PostgreSQL and Temporal")
-    dev.add_argument("--players", type=int, default=500, help="players to seed on first start")
+    dev.add_argument(
+        "--players", type=_positive, default=5000, help="players seeded on first start"
+    )
     sub.add_parser("web", help="serve the web UI and API")
     sub.add_parser("worker", help="run the Temporal worker")
     sub.add_parser("migrate", help="apply database migrations")
     seed = sub.add_parser("seed", help="seed the demo data (dev mode only)")
-    seed.add_argument("--players", type=int, default=500)
+    seed.add_argument("--players", type=_positive, default=5000, help="up to 1,000,000 and more")
+    seed.add_argument("--transactions-per-player", type=_positive, default=10)
     audit_parser = sub.add_parser("audit", help="audit store tools")
     audit_parser.add_argument("action", choices=["verify", "checkpoint"])
     return parser
@@ -246,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return cmd_migrate(settings)
     if args.command == "seed":
-        return cmd_seed(settings, args.players)
+        return cmd_seed(settings, args.players, args.transactions_per_player)
     return cmd_audit(settings, args.action)
 
 

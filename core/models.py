@@ -93,6 +93,9 @@ class Player(Base):
     segment: Mapped[str] = mapped_column(String(32))
     vip_tier: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default="active")
+    daily_deposit_limit: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    daily_loss_limit: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    session_limit_minutes: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
 
 
@@ -113,6 +116,78 @@ class Payment(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
     paid_at: Mapped[datetime | None] = mapped_column(Timestamp)
     paid_by_request: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+class Game(Base):
+    __tablename__ = "games"
+    __table_args__ = (
+        CheckConstraint("rtp > 0 AND rtp <= 100", name="rtp_percentage"),
+        Index("ix_games_provider_id", "provider", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    provider: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(32))
+    rtp: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
+class SportEvent(Base):
+    __tablename__ = "sport_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sport: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(160))
+    starts_at: Mapped[datetime] = mapped_column(Timestamp, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+
+
+class Market(Base):
+    __tablename__ = "markets"
+    __table_args__ = (Index("ix_markets_status_id", "status", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("sport_events.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    odds: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    liability: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+
+
+class BonusCampaign(Base):
+    __tablename__ = "bonus_campaigns"
+    __table_args__ = (CheckConstraint("spend >= 0 AND budget > 0", name="money_sane"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    segment: Mapped[str] = mapped_column(String(32))
+    budget: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    spend: Mapped[Decimal] = mapped_column(Numeric(18, 2))
+    status: Mapped[str] = mapped_column(String(16))
+    starts_at: Mapped[datetime] = mapped_column(Timestamp)
+    ends_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Affiliate(Base):
+    __tablename__ = "affiliates"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    plan: Mapped[str] = mapped_column(String(16))
+    rate: Mapped[Decimal] = mapped_column(Numeric(5, 2))
+    status: Mapped[str] = mapped_column(String(16))
+
+
+class RiskRule(Base):
+    __tablename__ = "risk_rules"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(Text)
+    threshold: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class ApprovalRequest(Base):
