@@ -12,8 +12,11 @@ from workflows.contracts import ExecuteInput, ExecuteResult, TransitionBatch
 
 
 class ApprovalActivities:
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(
+        self, sessions: SessionFactory, platform_gateway: platform.PlatformGateway
+    ) -> None:
         self._sessions = sessions
+        self._platform = platform_gateway
 
     @activity.defn(name="record_transitions")
     def record_transitions(self, batch: TransitionBatch) -> int:
@@ -33,7 +36,6 @@ class ApprovalActivities:
     @activity.defn(name="execute_action")
     def execute_action(self, command: ExecuteInput) -> ExecuteResult:
         try:
-            with transaction(self._sessions) as session:
-                return platform.execute(session, command)
+            return self._platform.execute(command)
         except platform.ActionRefused as refused:
             raise ApplicationError(str(refused), type="ActionRefused", non_retryable=True) from None

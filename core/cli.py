@@ -129,7 +129,7 @@ async def _serve(
     import uvicorn
 
     from api.app import build_runtime, create_app
-    from core.temporal import build_worker, ensure_schedules
+    from core.temporal import build_worker, ensure_schedules, platform_gateway_from
 
     runtime = await build_runtime(settings, database_url, temporal_address)
     tasks: list[asyncio.Task[None]] = []
@@ -142,6 +142,7 @@ async def _serve(
                 runtime.sessions,
                 runtime.task_queue,
                 settings.audit_signing_key.get_secret_value().encode(),
+                platform_gateway=platform_gateway_from(settings, runtime.sessions),
             )
             await ensure_schedules(runtime.temporal, runtime.task_queue)
             tasks.append(asyncio.create_task(temporal_worker.run()))

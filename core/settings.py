@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     session_hours: int = Field(default=12, ge=1, alias="SESSION_HOURS")
     cookie_secure: bool = Field(default=False, alias="COOKIE_SECURE")
 
+    platform_url: str | None = Field(default=None, alias="PLATFORM_URL")
+    platform_secret: SecretStr = Field(
+        default=SecretStr(DEV_PLACEHOLDER_SECRET), alias="PLATFORM_SECRET"
+    )
+    platform_timeout_seconds: float = Field(default=10.0, gt=0, alias="PLATFORM_TIMEOUT_SECONDS")
+
     policies_dir: Path = Field(default=PROJECT_ROOT / "policies", alias="POLICIES_DIR")
 
     @property
@@ -51,7 +57,8 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.is_dev:
             return self
-        for name in _GUARDED_SECRETS:
+        guarded = [*_GUARDED_SECRETS, *(["PLATFORM_SECRET"] if self.platform_url else [])]
+        for name in guarded:
             value: SecretStr = getattr(self, name.lower())
             secret = value.get_secret_value()
             if secret == DEV_PLACEHOLDER_SECRET or len(secret) < 32:

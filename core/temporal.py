@@ -22,6 +22,8 @@ from temporalio.worker import Worker
 from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
 from core.db import SessionFactory
+from core.platform import BuiltinPlatform, HttpPlatform, PlatformGateway
+from core.settings import Settings
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_checkpoint import (
     CHECKPOINT_EVERY,
@@ -33,9 +35,9 @@ WORKFLOWS: Sequence[type] = (ApprovalWorkflow, AuditCheckpointWorkflow)
 
 
 def build_activities(
-    sessions: SessionFactory, audit_signing_key: bytes
+    sessions: SessionFactory, audit_signing_key: bytes, platform_gateway: PlatformGateway
 ) -> list[Callable[..., Any]]:
-    approval = ApprovalActivities(sessions)
+    approval = ApprovalActivities(sessions, platform_gateway)
     audit = AuditActivities(sessions, audit_signing_key)
     return [approval.record_transitions, approval.execute_action, audit.write_checkpoint]
 
@@ -50,20 +52,23 @@ def build_worker(
     task_queue: str,
     audit_signing_key: bytes,
     *,
+    platform_gateway: PlatformGateway | None = None,
     max_activity_threads: int = 16,
     fail_workflow_on_task_error: bool = False,
 ) -> Worker:
     """The one worker: every workflow and activity of the product on one task queue.
 
     `fail_workflow_on_task_error` (tests) turns a workflow task error, such as a sandbox
-    violation, into a failed workflow instead of a task retried forever.
+    violation, into a failed workflow instead of a task retried forever. Approved actions go
+    to the built-in reference platform unless another gateway is given.
     """
+    gateway = platform_gateway or BuiltinPlatform(sessions)
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=max_activity_threads)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
-        activities=build_activities(sessions, audit_signing_key),
+        activities=build_activities(sessions, audit_signing_key, gateway),
         activity_executor=executor,
         max_concurrent_activities=max_activity_threads,
         workflow_failure_exception_types=[Exception] if fail_workflow_on_task_error else [],
@@ -83,3 +88,14 @@ async def ensure_schedules(client: Client, task_queue: str) -> None:
                 policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
             ),
         )
+
+
+def platform_gateway_from(settings: Settings, sessions: SessionFactory) -> PlatformGateway:
+    """The operator's HTTP endpoint when PLATFORM_URL is set, else the built-in platform."""
+    if settings.platform_url:
+        return HttpPlatform(
+            settings.platform_url,
+            settings.platform_secret.get_secret_value().encode(),
+            timeout=settings.platform_timeout_seconds,
+        )
+    return BuiltinPlatform(sessions)

@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.approval import ApprovalActivities
 from core.models import AuditEvent, Decision, Notification, Task, User
+from core.platform import BuiltinPlatform
 from tests.api.test_withdrawal_slice import audit_actions, submit, wait_for_status
 from workflows.approval import ApprovalWorkflow
 from workflows.contracts import (
@@ -161,7 +162,7 @@ async def test_request_expires_when_nobody_decides(
 async def test_recording_a_transition_twice_writes_once(api, tokens, new_withdrawal, sessions):
     """An activity retried after its commit (lost acknowledgement) must not write again."""
     request = (await submit(api, tokens, new_withdrawal("33.00"))).json()
-    activities = ApprovalActivities(sessions)
+    activities = ApprovalActivities(sessions, BuiltinPlatform(sessions))
     transition = Transition(
         event_id=str(uuid.uuid4()),
         request_id=request["id"],
