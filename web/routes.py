@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -483,24 +483,20 @@ def request_page(
     return render(request, "request.html", context, block=block)
 
 
-@router.post("/requests/{request_id}/decision")
-async def decide(
-    request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+async def _run_then_show(
+    request: Request,
+    rt: Runtime,
+    viewer: Viewer,
+    request_id: uuid.UUID,
+    command: Awaitable[object],
+    show: Callable[..., Response],
 ) -> Response:
-    """From the request page (swaps the page body) or a task row (swaps the row)."""
+    """Run a decision-like command, then render the region with its refusal if any."""
     error, status_code = None, 200
     try:
-        await request_service.decide(
-            rt,
-            viewer.principal,
-            request_id,
-            form.get("decision", ""),
-            form.get("comment", ""),
-            origin_of(request, "web"),
-        )
+        await command
     except RequestError as err:
         error, status_code = err.detail, err.status
-    show = _task_row if form.get("from") == "task" else _request_body
 
     def rerender() -> Response:
         with rt.sessions() as session:
@@ -509,23 +505,31 @@ async def decide(
     return await asyncio.to_thread(rerender)
 
 
+@router.post("/requests/{request_id}/decision")
+async def decide(
+    request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+) -> Response:
+    """From the request page (swaps the page body) or a task row (swaps the row)."""
+    command = request_service.decide(
+        rt,
+        viewer.principal,
+        request_id,
+        form.get("decision", ""),
+        form.get("comment", ""),
+        origin_of(request, "web"),
+    )
+    show = _task_row if form.get("from") == "task" else _request_body
+    return await _run_then_show(request, rt, viewer, request_id, command, show)
+
+
 @router.post("/requests/{request_id}/cancel")
 async def cancel(
     request: Request, request_id: uuid.UUID, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
-    error, status_code = None, 200
-    try:
-        await request_service.cancel(
-            rt, viewer.principal, request_id, form.get("reason", ""), origin_of(request, "web")
-        )
-    except RequestError as err:
-        error, status_code = err.detail, err.status
-
-    def rerender() -> Response:
-        with rt.sessions() as session:
-            return _request_body(request, session, rt, viewer, request_id, error, status_code)
-
-    return await asyncio.to_thread(rerender)
+    command = request_service.cancel(
+        rt, viewer.principal, request_id, form.get("reason", ""), origin_of(request, "web")
+    )
+    return await _run_then_show(request, rt, viewer, request_id, command, _request_body)
 
 
 # --- live updates -----------------------------------------------------------------

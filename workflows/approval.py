@@ -54,6 +54,12 @@ EXECUTE_RETRY = RetryPolicy(
 SYSTEM = "system"
 
 
+def _refuse_if(refusal: Decision | None) -> None:
+    """Refuse an Update with the rule's code as the error type (the API maps it to a status)."""
+    if refusal is not None:
+        raise ApplicationError(refusal.reason, type=refusal.code)
+
+
 @workflow.defn(name="ApprovalWorkflow")
 class ApprovalWorkflow:
     @workflow.init
@@ -140,9 +146,8 @@ class ApprovalWorkflow:
 
     @workflow.update
     async def decide(self, decision: DecisionInput) -> ApprovalState:
-        refusal = self._decision_refusal(decision)
-        if refusal is not None:  # re-checked here: validators of concurrent updates all run first
-            raise ApplicationError(refusal.reason, type=refusal.code)
+        # Re-checked here: the validators of concurrent updates all run before any handler.
+        _refuse_if(self._decision_refusal(decision))
         step = self._steps[self._current]
         self._claimed.append(decision.user)
         self._claimed_on_step[step.index] = self._claimed_on_step.get(step.index, 0) + 1
@@ -165,23 +170,17 @@ class ApprovalWorkflow:
 
     @decide.validator
     def _validate_decide(self, decision: DecisionInput) -> None:
-        refusal = self._decision_refusal(decision)
-        if refusal is not None:
-            raise ApplicationError(refusal.reason, type=refusal.code)
+        _refuse_if(self._decision_refusal(decision))
 
     @workflow.update
     async def cancel(self, cancel: CancelInput) -> ApprovalState:
-        refusal = self._cancel_refusal(cancel)
-        if refusal is not None:
-            raise ApplicationError(refusal.reason, type=refusal.code)
+        _refuse_if(self._cancel_refusal(cancel))
         self._cancel = cancel
         return await self._wait_until_settled()
 
     @cancel.validator
     def _validate_cancel(self, cancel: CancelInput) -> None:
-        refusal = self._cancel_refusal(cancel)
-        if refusal is not None:
-            raise ApplicationError(refusal.reason, type=refusal.code)
+        _refuse_if(self._cancel_refusal(cancel))
 
     @workflow.query
     def state(self) -> ApprovalState:
