@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DataError, IntegrityError
+import asyncio
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core import approvals, platform
 from core.db import SessionFactory, transaction
+from core.models import OPEN_TARGET_CONSTRAINT
 from workflows.contracts import ExecuteInput, ExecuteResult, TransitionBatch
+
+# The workflow's heartbeat timeout is a few of these.
+EXECUTE_HEARTBEAT_EVERY_SECONDS = 2.0
+
+
+def _constraint(error: IntegrityError) -> str | None:
+    diag = getattr(error.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+def _refused(batch: TransitionBatch, error: DBAPIError) -> ApplicationError:
+    # The database refuses this data itself: retrying forever would wedge the request.
+    kinds = ", ".join(t.kind for t in batch.transitions)
+    return ApplicationError(
+        f"the database refused transition {kinds}: {error.orig}",
+        type="RecordRefused",
+        non_retryable=True,
+    )
 
 
 class ApprovalActivities:
@@ -24,18 +45,31 @@ class ApprovalActivities:
         try:
             with transaction(self._sessions) as session:
                 return sum(approvals.record_transition(session, t) for t in batch.transitions)
-        except (DataError, IntegrityError) as refused:
-            # The database refuses this data itself: retrying forever would wedge the request.
-            kinds = ", ".join(t.kind for t in batch.transitions)
-            raise ApplicationError(
-                f"the database refused transition {kinds}: {refused.orig}",
-                type="RecordRefused",
-                non_retryable=True,
-            ) from None
+        except IntegrityError as refused:
+            if _constraint(refused) == OPEN_TARGET_CONSTRAINT:
+                raise ApplicationError(
+                    "another request for this target is already open",
+                    type="duplicate_request",
+                    non_retryable=True,
+                ) from None
+            raise _refused(batch, refused) from None
+        except DataError as refused:
+            raise _refused(batch, refused) from None
 
     @activity.defn(name="execute_action")
-    def execute_action(self, command: ExecuteInput) -> ExecuteResult:
+    async def execute_action(self, command: ExecuteInput) -> ExecuteResult:
+        """Run the action on the platform, heartbeating so a dead worker is noticed quickly.
+
+        The gateway is idempotent on the request id, so the retry that follows a missed
+        heartbeat changes nothing the first attempt already changed.
+        """
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._platform.execute, command))
+        while True:
+            done, _ = await asyncio.wait({attempt}, timeout=EXECUTE_HEARTBEAT_EVERY_SECONDS)
+            if done:
+                break
+            activity.heartbeat()
         try:
-            return self._platform.execute(command)
+            return attempt.result()
         except platform.ActionRefused as refused:
             raise ApplicationError(str(refused), type="ActionRefused", non_retryable=True) from None

@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -168,11 +169,19 @@ async def _serve(
         runtime.engine.dispose()
 
 
-def _run_async(coro: object) -> None:
-    # SIGTERM (docker stop, kill) shuts down exactly like Ctrl-C, so children are stopped.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(coro)  # type: ignore[arg-type]
+async def _until_stopped(serving: Coroutine[Any, Any, None]) -> None:
+    # SIGTERM (docker stop, kill) cancels the main task, as asyncio already does for Ctrl-C;
+    # a KeyboardInterrupt raised into the loop instead would cancel the Temporal worker's
+    # pollers under it and its shutdown would never finish.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    await serving
+
+
+def _run_async(serving: Coroutine[Any, Any, None]) -> None:
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(_until_stopped(serving))
 
 
 def cmd_serve(settings: Settings, *, web: bool, worker: bool) -> int:
@@ -273,5 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cmd_audit(settings, args.action)
 
 
+def run() -> None:
+    """Console-script entry point.
+
+    Long-running commands leave the temporalio core's threads alive; letting the interpreter
+    finalize then can abort the process in PyGILState_Release (temporalio/sdk-python#300)
+    after a clean shutdown. Everything is stopped and flushed by then, so exit at once.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
@@ -28,6 +29,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.db import Base
 
 Timestamp = DateTime(timezone=True)
+# At most one pending or approved request per (action, target); submissions race to it.
+OPEN_TARGET_CONSTRAINT = "uq_requests_open_target"
 
 
 def _now_default() -> Any:
@@ -198,6 +201,13 @@ class ApprovalRequest(Base):
         Index("ix_requests_requester_created", "requester_id", "created_at", "id"),
         Index("ix_requests_status_created", "status", "created_at", "id"),
         Index("ix_requests_action_target", "action", "target"),
+        Index(
+            OPEN_TARGET_CONSTRAINT,
+            "action",
+            "target",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'approved')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)

@@ -53,6 +53,8 @@ _STATUS_BY_CODE = {
     "not_pending": 409,
     "bad_decision": 422,
     "unknown_action": 422,
+    "duplicate_request": 409,
+    "RecordRefused": 422,
 }
 
 
@@ -192,6 +194,8 @@ async def submit(
             ),
             WORKFLOW_ANSWER_TIMEOUT,
         )
+    except WorkflowUpdateFailedError as err:
+        raise _update_refusal(err) from None
     except (TimeoutError, RPCError, RPCTimeoutOrCancelledError):
         raise RequestError(
             503, "the approval service did not answer; check My requests before retrying"

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         EXPIRED,
         FAILED,
         PENDING,
+        REFUSED,
         REJECTED,
         ApprovalInput,
         ApprovalState,
@@ -44,6 +45,8 @@ RECORD_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
 )
 EXECUTE_TIMEOUT = timedelta(seconds=60)
+# The activity heartbeats every 2 s: a worker killed mid-action is noticed within this.
+EXECUTE_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 EXECUTE_GIVE_UP_AFTER = timedelta(hours=1)
 EXECUTE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -83,6 +86,8 @@ class ApprovalWorkflow:
         self._rejected_by: DecisionInput | None = None
         self._cancel: CancelInput | None = None
         self._submitted = False
+        # Why the read model refused the submission (another open request for the target).
+        self._submission_refused: ApplicationError | None = None
         # Handlers bump `_recorded`; `run` catches `_settled` up once it has acted on them.
         self._recorded = 0
         self._settled = 0
@@ -119,7 +124,12 @@ class ApprovalWorkflow:
                     "step_opened", step_index=step.index, data={"due_at": step.due_at.isoformat()}
                 )
             )
-            await self._record_all(pending)
+            if not self._submitted:
+                if not await self._record_submission(pending):
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    return self.state()
+            else:
+                await self._record_all(pending)
             self._submitted = True
             if not await self._wait_for_step(step, expires_at):
                 break
@@ -141,7 +151,11 @@ class ApprovalWorkflow:
 
         Sent with update-with-start, so the caller gets the recorded request in one call.
         """
-        await workflow.wait_condition(lambda: self._submitted)
+        await workflow.wait_condition(
+            lambda: self._submitted or self._submission_refused is not None
+        )
+        if self._submission_refused is not None:
+            raise self._submission_refused
         return self.state()
 
     @workflow.update
@@ -263,6 +277,20 @@ class ApprovalWorkflow:
                     data={"due_at": step.due_at.isoformat(), "escalate_to": spec.escalate_to},
                 )
 
+    async def _record_submission(self, transitions: list[Transition]) -> bool:
+        """Record the request; False if the database refused it, which ends the workflow."""
+        try:
+            await self._record_all(transitions)
+        except ActivityError as err:
+            cause = err.cause
+            if not isinstance(cause, ApplicationError) or cause.non_retryable is False:
+                raise
+            self._status = REFUSED
+            self._outcome = cause.message
+            self._submission_refused = ApplicationError(cause.message, type=cause.type)
+            return False
+        return True
+
     async def _finish(
         self,
         status: str,
@@ -284,6 +312,7 @@ class ApprovalWorkflow:
                 ApprovalActivities.execute_action,
                 ExecuteInput(request.request_id, request.action, request.target, request.params),
                 start_to_close_timeout=EXECUTE_TIMEOUT,
+                heartbeat_timeout=EXECUTE_HEARTBEAT_TIMEOUT,
                 schedule_to_close_timeout=EXECUTE_GIVE_UP_AFTER,
                 retry_policy=EXECUTE_RETRY,
             )

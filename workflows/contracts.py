@@ -16,6 +16,8 @@ EXPIRED = "expired"
 CANCELLED = "cancelled"
 EXECUTED = "executed"
 FAILED = "failed"
+# Never recorded: the submission itself was refused (e.g. another request is open).
+REFUSED = "refused"
 TERMINAL_STATUSES = frozenset({REJECTED, EXPIRED, CANCELLED, EXECUTED, FAILED})
 
 
