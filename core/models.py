@@ -44,6 +44,8 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str] = mapped_column(String(128))
     department: Mapped[str] = mapped_column(String(32))
+    # Separation of duties can require an approver from outside the requester's team.
+    team: Mapped[str | None] = mapped_column(String(64), index=True)
     password_hash: Mapped[str] = mapped_column(Text)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
@@ -227,6 +229,9 @@ class ApprovalRequest(Base):
     expires_at: Mapped[datetime] = mapped_column(Timestamp)
     completed_at: Mapped[datetime | None] = mapped_column(Timestamp)
     outcome: Mapped[str | None] = mapped_column(Text)
+    # A temporary change (limit override, VIP status) is undone by the workflow at revert_at.
+    revert_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    reverted_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class Task(Base):
@@ -253,6 +258,9 @@ class Task(Base):
     due_at: Mapped[datetime | None] = mapped_column(Timestamp)
     sla_breached_at: Mapped[datetime | None] = mapped_column(Timestamp)
     closed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Who is working on it; others still see it, marked as taken.
+    claimed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class Decision(Base):
@@ -267,6 +275,27 @@ class Decision(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     channel: Mapped[str] = mapped_column(String(16))
     decided_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class Delegation(Base):
+    """An approver hands their approvals to a peer for a period; recorded and shown."""
+
+    __tablename__ = "delegations"
+    __table_args__ = (
+        CheckConstraint("ends_at > starts_at", name="period"),
+        CheckConstraint("delegate_id <> delegator_id", name="peer"),
+        Index("ix_delegations_delegate_ends", "delegate_id", "ends_at"),
+        Index("ix_delegations_delegator_ends", "delegator_id", "ends_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    delegator_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    delegate_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    starts_at: Mapped[datetime] = mapped_column(Timestamp)
+    ends_at: Mapped[datetime] = mapped_column(Timestamp)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class Notification(Base):
