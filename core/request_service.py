@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -148,7 +149,7 @@ def _prepare(
     check_target = TARGET_CHECKS.get(new.action)
     if check_target is not None:
         check_target(session, new.target, params)
-    clean, param_errors = rt.policy.validate_params(new.action, params)
+    clean, param_errors = rt.policy.validate_params(new.action, params, datetime.now(UTC))
     if param_errors:
         fields = {e.field: e.message for e in param_errors}
         raise RequestError(422, "; ".join(f"{e.field} {e.message}" for e in param_errors), fields)

@@ -21,22 +21,33 @@ class DemoUser:
     display_name: str
     department: str
     roles: tuple[str, ...]
+    team: str
 
 
 DEMO_USERS: tuple[DemoUser, ...] = (
-    DemoUser("ops.agent", "Olga Agent", "operations", ("operations.agent",)),
-    DemoUser("ops.lead", "Oscar Lead", "operations", ("operations.lead",)),
-    DemoUser("crm.manager", "Carla Manager", "crm", ("crm.manager",)),
-    DemoUser("risk.analyst", "Rui Analyst", "risk", ("risk.analyst",)),
-    DemoUser("risk.lead", "Rita Lead", "risk", ("risk.lead",)),
-    DemoUser("fin.clerk", "Felix Clerk", "finance", ("finance.clerk",)),
-    DemoUser("fin.manager", "Fiona Manager", "finance", ("finance.manager",)),
-    DemoUser("fin.manager2", "Frank Manager", "finance", ("finance.manager",)),
-    DemoUser("fin.director", "Diana Director", "finance", ("finance.director",)),
-    DemoUser("comp.officer", "Cora Officer", "compliance", ("compliance.officer",)),
-    DemoUser("trading.trader", "Tom Trader", "trading", ("trading.trader",)),
-    DemoUser("trading.lead", "Tara Lead", "trading", ("trading.lead",)),
-    DemoUser("admin", "Ada Admin", "admin", ("platform.admin",)),
+    DemoUser("ops.agent", "Olga Agent", "operations", ("operations.agent",), "ops-desk"),
+    DemoUser("ops.lead", "Oscar Lead", "operations", ("operations.lead",), "ops-desk"),
+    DemoUser("ops.manager", "Omar Manager", "operations", ("operations.manager",), "ops-mgmt"),
+    DemoUser("ops.games", "Gina Games", "operations", ("operations.game_manager",), "ops-games"),
+    DemoUser("crm.manager", "Carla Manager", "crm", ("crm.manager",), "crm-campaigns"),
+    DemoUser("crm.lead", "Carl Lead", "crm", ("crm.lead",), "crm-campaigns"),
+    DemoUser("crm.director", "Cecile Director", "crm", ("crm.director",), "crm-mgmt"),
+    DemoUser(
+        "crm.affiliates", "Alma Affiliates", "crm", ("crm.affiliate_manager",), "crm-partners"
+    ),
+    DemoUser("risk.analyst", "Rui Analyst", "risk", ("risk.analyst",), "risk-fraud"),
+    DemoUser("risk.lead", "Rita Lead", "risk", ("risk.lead",), "risk-fraud"),
+    DemoUser("risk.head", "Raul Head", "risk", ("risk.head",), "risk-mgmt"),
+    DemoUser("fin.clerk", "Felix Clerk", "finance", ("finance.clerk",), "fin-payouts"),
+    DemoUser("fin.manager", "Fiona Manager", "finance", ("finance.manager",), "fin-payouts"),
+    DemoUser("fin.manager2", "Frank Manager", "finance", ("finance.manager",), "fin-treasury"),
+    DemoUser("fin.director", "Diana Director", "finance", ("finance.director",), "fin-mgmt"),
+    DemoUser("comp.officer", "Cora Officer", "compliance", ("compliance.officer",), "compliance"),
+    DemoUser("comp.lead", "Colin Lead", "compliance", ("compliance.lead",), "compliance"),
+    DemoUser("trading.trader", "Tom Trader", "trading", ("trading.trader",), "trading-desk"),
+    DemoUser("trading.lead", "Tara Lead", "trading", ("trading.lead",), "trading-desk"),
+    DemoUser("trading.head", "Theo Head", "trading", ("trading.head",), "trading-mgmt"),
+    DemoUser("admin", "Ada Admin", "admin", ("platform.admin",), "platform"),
 )
 
 
@@ -53,6 +64,7 @@ def seed_users(session: Session) -> int:
                 department=demo.department,
                 password_hash=password_hash,
                 roles=demo.roles,
+                team=demo.team,
             )
             created += 1
     return created

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -20,6 +21,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 _M = TypeVar("_M", bound=BaseModel)
+# Temporary changes last at most this long; longer ones are permanent changes.
+MAX_REVERT_HORIZON = timedelta(days=366)
 
 
 class PolicyError(Exception):
@@ -56,6 +59,8 @@ class StepDef(_Strict):
     approvals: int = Field(default=1, ge=1)
     sla: str
     escalate_to: str | None = None
+    # Separation of duties: nobody from the requester's team may decide this step.
+    outside_requester_team: bool = False
 
     @field_validator("sla")
     @classmethod
@@ -75,17 +80,53 @@ class TierDef(_Strict):
     steps: list[StepDef] = Field(min_length=1)
 
 
+ParamType = Literal["money", "percent", "number", "integer", "odds", "choice", "datetime"]
+# Bounds a parameter of each type has unless the chain narrows them.
+_DEFAULT_BOUNDS: dict[str, tuple[Decimal, Decimal]] = {
+    "money": (Decimal("0.01"), Decimal("100000000")),
+    "percent": (Decimal("0"), Decimal("100")),
+    "number": (Decimal("-1000000000"), Decimal("1000000000")),
+    "integer": (Decimal("0"), Decimal("1000000000")),
+    "odds": (Decimal("1.01"), Decimal("1000")),
+}
+
+
 class ParamDef(_Strict):
-    type: Literal["money"]
-    min: Decimal
-    max: Decimal
+    type: ParamType
+    label: str | None = None
+    min: Decimal | None = None
+    max: Decimal | None = None
+    choices: list[str] | None = None
+    required: bool = True
+
+    @field_validator("choices")
+    @classmethod
+    def _choices(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("a choice needs at least one option")
+        return value
+
+    def bounds(self) -> tuple[Decimal, Decimal]:
+        low, high = _DEFAULT_BOUNDS.get(self.type, (Decimal("0"), Decimal("0")))
+        return (
+            self.min if self.min is not None else low,
+            self.max if self.max is not None else high,
+        )
 
 
 class ChainDef(_Strict):
     title: str
     department: str
+    target: str  # what the target id names: payment, player, game, market, ...
     expires_after: str
     params: dict[str, ParamDef] = Field(default_factory=dict)
+    # Values the server works out from the target (never taken from the requester),
+    # e.g. change_percent for a rate change; tiers may test them like params.
+    derived: list[str] = Field(default_factory=list)
+    # Approvers may decide several requests of this action at once with one comment.
+    bulk_decisions: bool = False
+    # A param of type datetime after which the executed change is undone automatically.
+    reverts_with: str | None = None
     tiers: list[TierDef] = Field(min_length=1)
 
     @field_validator("expires_after")
@@ -143,11 +184,28 @@ class PolicyEngine:
                         f"unknown workspace '{workspace}'"
                     )
         for action, chain in chains.chains.items():
+            if chain.reverts_with is not None and (
+                chain.params.get(chain.reverts_with) is None
+                or chain.params[chain.reverts_with].type != "datetime"
+            ):
+                raise PolicyError(
+                    f"{chains_path}: key 'chains.{action}.reverts_with': "
+                    f"'{chain.reverts_with}' is not a declared datetime param"
+                )
+            for name, param in chain.params.items():
+                if (param.type == "choice") != (param.choices is not None):
+                    raise PolicyError(
+                        f"{chains_path}: key 'chains.{action}.params.{name}.choices': "
+                        "a choice param needs choices, and only a choice param has them"
+                    )
             for t, tier in enumerate(chain.tiers):
-                if tier.when is not None and tier.when.param not in chain.params:
+                if tier.when is not None and tier.when.param not in (
+                    *chain.params,
+                    *chain.derived,
+                ):
                     raise PolicyError(
                         f"{chains_path}: key 'chains.{action}.tiers.{t}.when.param': "
-                        f"'{tier.when.param}' is not a declared param"
+                        f"'{tier.when.param}' is not a declared or derived param"
                     )
                 for s, step in enumerate(tier.steps):
                     for role_name in [
@@ -158,6 +216,13 @@ class PolicyEngine:
                             raise PolicyError(
                                 f"{chains_path}: key 'chains.{action}.tiers.{t}.steps.{s}': "
                                 f"unknown role '{role_name}'"
+                            )
+                    for role_name in step.roles:
+                        granted = roles.roles[role_name].permissions
+                        if not any(permission_matches(g, f"{action}:approve") for g in granted):
+                            raise PolicyError(
+                                f"{chains_path}: key 'chains.{action}.tiers.{t}.steps.{s}': "
+                                f"role '{role_name}' does not grant '{action}:approve'"
                             )
             if chain.tiers[-1].when is not None:
                 raise PolicyError(
@@ -208,44 +273,35 @@ class PolicyEngine:
         return self.authorize(principal, f"{action}:request")
 
     def validate_params(
-        self, action: str, params: dict[str, Any]
-    ) -> tuple[dict[str, Any], list[ParamError]]:
-        """Coerce params to their declared types; money is returned as a 2-decimal string."""
+        self, action: str, params: dict[str, Any], now: datetime
+    ) -> tuple[dict[str, str], list[ParamError]]:
+        """Coerce params to their declared types, as canonical strings, or say what is wrong.
+
+        Derived values are not accepted from the caller; the server works them out.
+        """
         chain = self.chains.chains[action]
-        clean: dict[str, Any] = {}
+        clean: dict[str, str] = {}
         errors: list[ParamError] = []
         for key in params:
             if key not in chain.params:
                 errors.append(ParamError(key, f"unknown parameter for {action}"))
         for key, spec in chain.params.items():
-            if key not in params or params[key] in (None, ""):
-                errors.append(ParamError(key, "is required"))
+            raw = params.get(key)
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                if spec.required:
+                    errors.append(ParamError(key, "is required"))
                 continue
-            raw = params[key]
-            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-                errors.append(ParamError(key, "must be a number"))
-                continue
-            try:
-                value = Decimal(str(raw).strip())
-            except InvalidOperation:
-                errors.append(ParamError(key, "must be a number"))
-                continue
-            if not value.is_finite():
-                errors.append(ParamError(key, "must be a number"))
-            elif value.as_tuple().exponent < -2:  # type: ignore[operator]
-                errors.append(ParamError(key, "has more than 2 decimal places"))
-            elif value <= 0:
-                errors.append(ParamError(key, "must be greater than zero"))
-            elif not spec.min <= value <= spec.max:
-                errors.append(ParamError(key, f"must be between {spec.min} and {spec.max}"))
+            value, problem = _coerce(spec, raw, now)
+            if problem is not None:
+                errors.append(ParamError(key, problem))
             else:
-                clean[key] = f"{value:.2f}"
+                clean[key] = value
         return clean, errors
 
     def chain_for(self, action: str, params: dict[str, Any]) -> ChainSnapshot:
         chain = self.chains.chains[action]
         for tier in chain.tiers:
-            if tier.when is None or Decimal(str(params[tier.when.param])) < tier.when.below:
+            if tier.when is None or _below(params.get(tier.when.param), tier.when.below):
                 return ChainSnapshot(
                     action=action,
                     policy_version=self.chains.version,
@@ -257,9 +313,62 @@ class PolicyEngine:
                             approvals=step.approvals,
                             sla_seconds=parse_duration(step.sla),
                             escalate_to=step.escalate_to,
+                            outside_requester_team=step.outside_requester_team,
                         )
                         for step in tier.steps
                     ],
                     expires_after_seconds=parse_duration(chain.expires_after),
+                    bulk_decisions=chain.bulk_decisions,
+                    reverts_with=chain.reverts_with,
                 )
         raise PolicyError(f"no tier of {action} matches")  # unreachable: load() checks
+
+
+def _below(value: object, limit: Decimal) -> bool:
+    # A missing optional value takes the first (least demanding) tier.
+    return value is None or Decimal(str(value)) < limit
+
+
+def _coerce(spec: ParamDef, raw: object, now: datetime) -> tuple[str, str | None]:
+    """(canonical string, None) or ("", what is wrong) for one param value."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        return "", "must be a number" if spec.type not in ("choice", "datetime") else "must be text"
+    text = str(raw).strip()
+    if spec.type == "choice":
+        assert spec.choices is not None
+        if text not in spec.choices:
+            return "", f"must be one of: {', '.join(spec.choices)}"
+        return text, None
+    if spec.type == "datetime":
+        return _coerce_datetime(text, now)
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return "", "must be a number"
+    if not value.is_finite():
+        return "", "must be a number"
+    whole = spec.type == "integer"
+    if whole and value != value.to_integral_value():
+        return "", "must be a whole number"
+    if not whole and value.as_tuple().exponent < -2:  # type: ignore[operator]
+        return "", "has more than 2 decimal places"
+    if spec.type == "money" and value <= 0:
+        return "", "must be greater than zero"
+    low, high = spec.bounds()
+    if not low <= value <= high:
+        return "", f"must be between {low} and {high}"
+    return (f"{value:.0f}" if whole else f"{value:.2f}"), None
+
+
+def _coerce_datetime(text: str, now: datetime) -> tuple[str, str | None]:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return "", "must be a date and time like 2026-12-31T18:00"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment <= now:
+        return "", "must be in the future"
+    if moment - now > MAX_REVERT_HORIZON:
+        return "", f"must be within {MAX_REVERT_HORIZON.days} days"
+    return moment.astimezone(UTC).isoformat(), None

@@ -10,6 +10,7 @@ class StepSpec:
     approvals: int
     sla_seconds: int
     escalate_to: str | None = None
+    outside_requester_team: bool = False
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class ChainSnapshot:
     tier: str
     steps: list[StepSpec]
     expires_after_seconds: int
+    bulk_decisions: bool = False
+    reverts_with: str | None = None
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,13 @@ def create(
     department: str,
     password_hash: str,
     roles: Iterable[str],
+    team: str | None = None,
 ) -> User:
     user = User(
         username=username,
         display_name=display_name,
         department=department,
+        team=team,
         password_hash=password_hash,
         is_active=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import yaml
 from policies.engine import DEFAULT_DIR, PolicyEngine, PolicyError
 from policies.rules import check_approval_decision, check_cancel, permission_matches
 from policies.snapshot import Principal
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -56,12 +59,12 @@ def test_withdrawal_chain_picks_the_tier_by_amount(engine):
     ],
 )
 def test_bad_amounts_are_named(engine, amount, message):
-    clean, errors = engine.validate_params("payment.withdrawal", {"amount": amount})
+    clean, errors = engine.validate_params("payment.withdrawal", {"amount": amount}, NOW)
     assert clean == {} and errors and errors[0].field == "amount" and message in errors[0].message
 
 
 def test_good_amount_is_normalised(engine):
-    clean, errors = engine.validate_params("payment.withdrawal", {"amount": 12.5})
+    clean, errors = engine.validate_params("payment.withdrawal", {"amount": 12.5}, NOW)
     assert (
         errors == []
         and clean == {"amount": "12.50"}
