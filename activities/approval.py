@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from temporalio import activity
@@ -63,13 +64,24 @@ class ApprovalActivities:
         The gateway is idempotent on the request id, so the retry that follows a missed
         heartbeat changes nothing the first attempt already changed.
         """
-        attempt = asyncio.ensure_future(asyncio.to_thread(self._platform.execute, command))
-        while True:
-            done, _ = await asyncio.wait({attempt}, timeout=EXECUTE_HEARTBEAT_EVERY_SECONDS)
-            if done:
-                break
-            activity.heartbeat()
-        try:
-            return attempt.result()
-        except platform.ActionRefused as refused:
-            raise ApplicationError(str(refused), type="ActionRefused", non_retryable=True) from None
+        return await _heartbeating(self._platform.execute, command)
+
+    @activity.defn(name="revert_action")
+    async def revert_action(self, command: ExecuteInput) -> ExecuteResult:
+        """Undo a temporary change when its end time comes (idempotent like execute)."""
+        return await _heartbeating(self._platform.revert, command)
+
+
+async def _heartbeating(
+    call: Callable[[ExecuteInput], ExecuteResult], command: ExecuteInput
+) -> ExecuteResult:
+    attempt = asyncio.ensure_future(asyncio.to_thread(call, command))
+    while True:
+        done, _ = await asyncio.wait({attempt}, timeout=EXECUTE_HEARTBEAT_EVERY_SECONDS)
+        if done:
+            break
+        activity.heartbeat()
+    try:
+        return attempt.result()
+    except platform.ActionRefused as refused:
+        raise ApplicationError(str(refused), type="ActionRefused", non_retryable=True) from None

@@ -79,6 +79,7 @@ class StepOut(BaseModel):
 
 class DecisionOut(BaseModel):
     user: str
+    on_behalf_of: str | None = None  # the absent approver, when decided under a delegation
     step: int
     decision: str
     comment: str
@@ -103,6 +104,8 @@ class RequestOut(BaseModel):
     expires_at: datetime
     completed_at: datetime | None
     outcome: str | None
+    revert_at: datetime | None = None
+    reverted_at: datetime | None = None
     steps: list[StepOut]
     decisions: list[DecisionOut]
 
@@ -189,7 +192,11 @@ def step_out(task: Task) -> StepOut:
 
 
 def request_out(session: Session, request: ApprovalRequest) -> RequestOut:
-    names = users_repo.usernames(session, [request.requester_id])
+    decisions = requests_repo.decisions(session, request.id)
+    names = users_repo.usernames(
+        session,
+        [request.requester_id, *(d.on_behalf_of_id for d, _ in decisions if d.on_behalf_of_id)],
+    )
     return RequestOut(
         id=request.id,
         action=request.action,
@@ -207,17 +214,22 @@ def request_out(session: Session, request: ApprovalRequest) -> RequestOut:
         expires_at=request.expires_at,
         completed_at=request.completed_at,
         outcome=request.outcome,
+        revert_at=request.revert_at,
+        reverted_at=request.reverted_at,
         steps=[step_out(task) for task in requests_repo.steps(session, request.id)],
         decisions=[
             DecisionOut(
                 user=username,
+                on_behalf_of=names.get(decision.on_behalf_of_id)
+                if decision.on_behalf_of_id
+                else None,
                 step=decision.step_index,
                 decision=decision.decision,
                 comment=decision.comment,
                 channel=decision.channel,
                 decided_at=decision.decided_at,
             )
-            for decision, username in requests_repo.decisions(session, request.id)
+            for decision, username in decisions
         ],
     )
 

@@ -39,6 +39,8 @@ _AUDIT_ACTIONS: dict[str, tuple[str, str]] = {
     "cancelled": ("request.cancelled", "normal"),
     "executed": ("request.executed", _HIGH),
     "failed": ("request.failed", _HIGH),
+    "reverted": ("request.reverted", _HIGH),
+    "revert_failed": ("request.revert_failed", _HIGH),
 }
 KNOWN_KINDS = frozenset(_AUDIT_ACTIONS)
 
@@ -94,7 +96,7 @@ def _audit_target(transition: Transition) -> str:
     data = transition.data
     if transition.kind == "submitted":
         return str(data["target"])
-    if transition.kind == "executed" and isinstance(data.get("after"), dict):
+    if transition.kind in ("executed", "reverted") and isinstance(data.get("after"), dict):
         return str(data["after"].get("id") or request_stream(transition.request_id))
     return request_stream(transition.request_id)
 
@@ -115,7 +117,7 @@ def _audit_payload(transition: Transition) -> tuple[dict[str, Any] | None, dict[
             "steps": [step["name"] for step in chain["steps"]],
             "expires_at": data["expires_at"],
         }
-    if kind == "executed":
+    if kind in ("executed", "reverted"):
         return data.get("before"), data.get("after")
     if kind in (APPROVED, REJECTED, EXPIRED, CANCELLED, FAILED):
         after = {"status": kind, **{k: v for k, v in data.items() if k != "user_id"}}
@@ -165,6 +167,7 @@ def _apply_read_model(
             comment=data.get("comment", ""),
             channel=transition.origin.channel,
             at=at,
+            on_behalf_of_id=data.get("on_behalf_of_id"),
         )
     elif kind == "step_approved":
         assert step is not None
@@ -181,9 +184,20 @@ def _apply_read_model(
         _notify_requester(session, request_id, event_id, kind, at)
     elif kind in (EXECUTED, FAILED):
         outcome = data.get("summary") or data.get("error")
+        revert_at = data.get("revert_at")
         requests_repo.set_request_status(
-            session, request_id, status=kind, at=at, outcome=outcome, terminal=True
+            session,
+            request_id,
+            status=kind,
+            at=at,
+            outcome=outcome,
+            terminal=True,
+            revert_at=datetime.fromisoformat(revert_at) if revert_at else None,
         )
+        _notify_requester(session, request_id, event_id, kind, at)
+    elif kind in ("reverted", "revert_failed"):
+        outcome = data.get("summary") or f"Revert failed: {data.get('error')}"
+        requests_repo.record_revert(session, request_id, at, outcome, reverted=kind == "reverted")
         _notify_requester(session, request_id, event_id, kind, at)
 
 

@@ -195,6 +195,22 @@ class RiskRule(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+class PlatformChange(Base):
+    """A change the built-in platform applied for a request (phase 'apply' or 'revert')."""
+
+    __tablename__ = "platform_changes"
+    __table_args__ = (Index("ix_platform_changes_target", "action", "target"),)
+
+    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(8), primary_key=True)
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64))
+    before: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    after: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    summary: Mapped[str] = mapped_column(Text)
+    applied_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
 class ApprovalRequest(Base):
     """Read model of one approval request; the workflow is the source of truth while in flight."""
 
@@ -271,6 +287,8 @@ class Decision(Base):
     request_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("requests.id", ondelete="CASCADE"))
     step_index: Mapped[int] = mapped_column(Integer)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    # Set when the decider stood in for this person under a delegation.
+    on_behalf_of_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     decision: Mapped[str] = mapped_column(String(16))
     comment: Mapped[str] = mapped_column(Text, default="")
     channel: Mapped[str] = mapped_column(String(16))

@@ -21,7 +21,9 @@ from typing import Any, Protocol
 import httpx
 from sqlalchemy.orm import Session
 
+from core import platform_actions
 from core.db import SessionFactory, transaction
+from core.platform_actions import ActionRefused
 from core.repositories import payments as payments_repo
 from workflows.contracts import ExecuteInput, ExecuteResult
 
@@ -32,16 +34,16 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 MAX_RETRY_AFTER_SECONDS = 30.0
 
 
-class ActionRefused(Exception):
-    """The platform refused the action for a business reason; retrying will not help."""
-
-
 class PlatformUnavailable(Exception):
     """The platform did not give a usable answer; the same action may be retried later."""
 
 
 class PlatformGateway(Protocol):
     def execute(self, command: ExecuteInput) -> ExecuteResult: ...
+
+    def revert(self, command: ExecuteInput) -> ExecuteResult:
+        """Undo a temporary change made by `execute` for the same request."""
+        ...
 
 
 Executor = Callable[[Session, ExecuteInput], ExecuteResult]
@@ -85,10 +87,16 @@ class BuiltinPlatform:
 
     def execute(self, command: ExecuteInput) -> ExecuteResult:
         executor = EXECUTORS.get(command.action)
-        if executor is None:
+        if executor is None and command.action not in platform_actions.FIELD_ACTIONS:
             raise ActionRefused(f"no executor for {command.action}")
         with transaction(self._sessions) as session:
-            return executor(session, command)
+            return (executor or platform_actions.apply)(session, command)
+
+    def revert(self, command: ExecuteInput) -> ExecuteResult:
+        if command.action not in platform_actions.FIELD_ACTIONS:
+            raise ActionRefused(f"{command.action} cannot be reverted")
+        with transaction(self._sessions) as session:
+            return platform_actions.revert(session, command)
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:
@@ -128,9 +136,20 @@ class HttpPlatform:
         self._client = client or httpx.Client(timeout=timeout)
 
     def execute(self, command: ExecuteInput) -> ExecuteResult:
+        return self._post(command, "apply")
+
+    def revert(self, command: ExecuteInput) -> ExecuteResult:
+        return self._post(command, "revert")
+
+    def _post(self, command: ExecuteInput, phase: str) -> ExecuteResult:
+        # The operator deduplicates on the key: an apply and its later revert differ.
+        idempotency_key = (
+            command.request_id if phase == "apply" else f"{command.request_id}:{phase}"
+        )
         body = json.dumps(
             {
                 "request_id": command.request_id,
+                "phase": phase,
                 "action": command.action,
                 "target": command.target,
                 "params": command.params,
@@ -147,7 +166,7 @@ class HttpPlatform:
                 "Content-Type": "application/json",
                 TIMESTAMP_HEADER: timestamp,
                 SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-                IDEMPOTENCY_HEADER: command.request_id,
+                IDEMPOTENCY_HEADER: idempotency_key,
             }
             try:
                 response = self._client.post(self._url, content=body, headers=headers)

@@ -24,10 +24,13 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.models import ApprovalRequest
+from core import platform_actions
+from core.models import ApprovalRequest, User
+from core.repositories import delegations as delegations_repo
 from core.repositories import payments as payments_repo
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
+from core.repositories.delegations import ActiveDelegation
 from core.runtime import Runtime
 from policies.rules import Decision, check_approval_decision, check_cancel
 from policies.snapshot import Principal
@@ -54,6 +57,8 @@ _STATUS_BY_CODE = {
     "not_pending": 409,
     "bad_decision": 422,
     "unknown_action": 422,
+    "same_team": 403,
+    "delegation_expired": 403,
     "duplicate_request": 409,
     "RecordRefused": 422,
 }
@@ -107,6 +112,18 @@ def _check_withdrawal_target(session: Session, target: str, params: dict[str, An
 TARGET_CHECKS = {"payment.withdrawal": _check_withdrawal_target}
 
 
+def _check_field_target(
+    session: Session, action: str, target: str, params: dict[str, str]
+) -> dict[str, str]:
+    """Refuse what makes no sense for the target as it is now; return the derived values."""
+    try:
+        return platform_actions.check(session, action, target, params)
+    except platform_actions.UnknownTarget as unknown:
+        raise RequestError(422, str(unknown), {"target": "not found"}) from None
+    except platform_actions.ActionRefused as refused:
+        raise RequestError(409, str(refused)) from None
+
+
 _CONTROL_CHARACTERS = {chr(c) for c in range(32)} - {"\n", "\r", "\t"} | {"\x7f"}
 
 
@@ -153,6 +170,8 @@ def _prepare(
     if param_errors:
         fields = {e.field: e.message for e in param_errors}
         raise RequestError(422, "; ".join(f"{e.field} {e.message}" for e in param_errors), fields)
+    if new.action in platform_actions.FIELD_ACTIONS:
+        clean.update(_check_field_target(session, new.action, new.target, clean))
     existing = requests_repo.pending_for_target(session, new.action, new.target)
     if existing is not None:
         raise RequestError(
@@ -164,11 +183,12 @@ def _prepare(
 async def submit(
     rt: Runtime, principal: Principal, new: NewRequest, origin: Origin
 ) -> ApprovalRequest:
-    def prepare() -> dict[str, str]:
+    def prepare() -> tuple[dict[str, str], str | None]:
         with rt.sessions() as session:
-            return _prepare(session, rt, principal, new)
+            requester = session.get(User, principal.user_id)
+            return _prepare(session, rt, principal, new), requester.team if requester else None
 
-    params = await asyncio.to_thread(prepare)
+    params, requester_team = await asyncio.to_thread(prepare)
     request_id = str(uuid.uuid4())
     request = ApprovalInput(
         request_id=request_id,
@@ -180,6 +200,7 @@ async def submit(
         requester_id=principal.user_id,
         chain=rt.policy.chain_for(new.action, params),
         origin=origin,
+        requester_team=requester_team,
     )
     start = WithStartWorkflowOperation(
         ApprovalWorkflow.run,
@@ -226,32 +247,72 @@ def visible_request(
     return request
 
 
+@dataclass(frozen=True)
+class _Approver:
+    """Who decides a step, with which roles: their own, or an absent approver's by delegation."""
+
+    roles: frozenset[str]
+    team: str | None
+    delegation: ActiveDelegation | None = None
+
+
+def _approver_for(
+    session: Session, rt: Runtime, principal: Principal, action: str, step_roles: list[str]
+) -> _Approver:
+    me = session.get(User, principal.user_id)
+    team = me.team if me is not None else None
+    own = rt.policy.authorize(principal, f"{action}:approve")
+    if own and principal.roles & set(step_roles):
+        return _Approver(principal.roles, team)
+    now = datetime.now(UTC)
+    for delegation in delegations_repo.active_for_delegate(session, principal.user_id, now):
+        delegator = Principal(
+            delegation.delegator_id, delegation.delegator_username, delegation.delegator_roles
+        )
+        if delegation.delegator_roles & set(step_roles) and rt.policy.authorize(
+            delegator, f"{action}:approve"
+        ):
+            return _Approver(delegation.delegator_roles, team, delegation)
+    if not own:
+        raise refusal(own)
+    return _Approver(principal.roles, team)  # the step's role check names what is missing
+
+
 def _precheck_decision(
     rt: Runtime, principal: Principal, request_id: uuid.UUID, decision: str, comment: str
-) -> None:
+) -> _Approver:
     if decision not in ("approve", "reject"):
         raise RequestError(422, "decision must be 'approve' or 'reject'", {"decision": "invalid"})
     _check_text("comment", comment, MAX_COMMENT)
     with rt.sessions() as session:
         request = visible_request(session, rt, principal, request_id)
-        verdict = rt.policy.authorize(principal, f"{request.action}:approve")
-        if not verdict:
-            raise refusal(verdict)
         steps = requests_repo.steps(session, request_id)
-        deciders = [username for _, username in requests_repo.decisions(session, request_id)]
-        requester = users_repo.usernames(session, [request.requester_id])[request.requester_id]
-    step = steps[request.current_step]
+        step = steps[request.current_step]
+        approver = _approver_for(session, rt, principal, request.action, list(step.roles))
+        decided = requests_repo.decisions(session, request_id)
+        stood_in_for = users_repo.usernames(
+            session, [d.on_behalf_of_id for d, _ in decided if d.on_behalf_of_id]
+        )
+        deciders = [username for _, username in decided] + list(stood_in_for.values())
+        requester = session.get(User, request.requester_id)
+        assert requester is not None
+    spec = request.chain["steps"][request.current_step]
     verdict = check_approval_decision(
         user=principal.username,
-        user_roles=principal.roles,
-        requester=requester,
+        user_roles=approver.roles,
+        requester=requester.username,
         status=request.status,
         step_name=step.name,
         step_roles=step.roles,
         deciders=deciders,
+        on_behalf_of=approver.delegation.delegator_username if approver.delegation else None,
+        same_team_as_requester=bool(spec.get("outside_requester_team"))
+        and approver.team is not None
+        and approver.team == requester.team,
     )
     if not verdict:
         raise refusal(verdict)
+    return approver
 
 
 def _update_refusal(err: WorkflowUpdateFailedError) -> RequestError:
@@ -285,15 +346,22 @@ async def decide(
     comment: str,
     origin: Origin,
 ) -> ApprovalRequest:
-    await asyncio.to_thread(_precheck_decision, rt, principal, request_id, decision, comment)
+    approver = await asyncio.to_thread(
+        _precheck_decision, rt, principal, request_id, decision, comment
+    )
     handle = rt.temporal.get_workflow_handle(approval_workflow_id(str(request_id)))
+    delegation = approver.delegation
     command = DecisionInput(
         user=principal.username,
         user_id=principal.user_id,
-        roles=sorted(principal.roles),
+        roles=sorted(approver.roles),
         decision=decision,
         comment=comment.strip(),
         origin=origin,
+        team=approver.team,
+        on_behalf_of=delegation.delegator_username if delegation else None,
+        on_behalf_of_id=delegation.delegator_id if delegation else None,
+        delegation_ends_at=delegation.ends_at if delegation else None,
     )
     await _send_update(handle.execute_update(ApprovalWorkflow.decide, command))
     return await asyncio.to_thread(load, rt, request_id)

@@ -39,7 +39,12 @@ def build_activities(
 ) -> list[Callable[..., Any]]:
     approval = ApprovalActivities(sessions, platform_gateway)
     audit = AuditActivities(sessions, audit_signing_key)
-    return [approval.record_transitions, approval.execute_action, audit.write_checkpoint]
+    return [
+        approval.record_transitions,
+        approval.execute_action,
+        approval.revert_action,
+        audit.write_checkpoint,
+    ]
 
 
 async def connect(address: str, namespace: str = "default") -> Client:

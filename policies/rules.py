@@ -41,18 +41,31 @@ def check_approval_decision(
     step_name: str,
     step_roles: Collection[str],
     deciders: Collection[str],
+    on_behalf_of: str | None = None,
+    same_team_as_requester: bool = False,
 ) -> Decision:
-    """May `user` approve or reject the current step of a request? Separation of duties."""
+    """May `user` (for `on_behalf_of`, under a delegation) decide the current step?
+
+    Separation of duties: nobody decides their own request, nobody decides twice (a delegate
+    and the person they stand in for count as one), and a step may exclude the requester's
+    team.
+    """
     if status != "pending":
         return deny("not_pending", f"the request is {status}; decisions are closed")
-    if user == requester:
+    if requester in (user, on_behalf_of):
         return deny("own_request", "you cannot decide on your own request")
     if user in deciders:
         return deny("already_decided", "you have already decided on this request")
+    if on_behalf_of is not None and on_behalf_of in deciders:
+        return deny("already_decided", f"{on_behalf_of} has already decided on this request")
     if not set(user_roles) & set(step_roles):
         return deny(
             "missing_role",
             f"step '{step_name}' needs one of the roles: {', '.join(sorted(step_roles))}",
+        )
+    if same_team_as_requester:
+        return deny(
+            "same_team", f"step '{step_name}' needs an approver from outside the requester's team"
         )
     return ALLOW
 

@@ -57,6 +57,11 @@ EXECUTE_RETRY = RetryPolicy(
 SYSTEM = "system"
 
 
+def _failure_message(err: ActivityError) -> str:
+    cause = err.cause
+    return str(cause.message if isinstance(cause, ApplicationError) else err)
+
+
 def _refuse_if(refusal: Decision | None) -> None:
     """Refuse an Update with the rule's code as the error type (the API maps it to a status)."""
     if refusal is not None:
@@ -142,6 +147,8 @@ class ApprovalWorkflow:
             await self._execute()
 
         self._settle()
+        if self._status == EXECUTED and self._revert_at() is not None:
+            await self._revert_when_due()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.state()
 
@@ -164,6 +171,8 @@ class ApprovalWorkflow:
         _refuse_if(self._decision_refusal(decision))
         step = self._steps[self._current]
         self._claimed.append(decision.user)
+        if decision.on_behalf_of is not None:
+            self._claimed.append(decision.on_behalf_of)
         self._claimed_on_step[step.index] = self._claimed_on_step.get(step.index, 0) + 1
         await self._record(
             "decided",
@@ -174,6 +183,14 @@ class ApprovalWorkflow:
                 "decision": decision.decision,
                 "comment": decision.comment,
                 "user_id": decision.user_id,
+                **(
+                    {
+                        "on_behalf_of": decision.on_behalf_of,
+                        "on_behalf_of_id": decision.on_behalf_of_id,
+                    }
+                    if decision.on_behalf_of is not None
+                    else {}
+                ),
             },
         )
         if decision.decision == "approve":
@@ -213,6 +230,7 @@ class ApprovalWorkflow:
             return deny("bad_decision", "decision must be 'approve' or 'reject'")
         status = self._status if self._cancel is None and self._rejected_by is None else "closing"
         step = self._steps[self._current]
+        spec = self._request.chain.steps[step.index]
         verdict = check_approval_decision(
             user=decision.user,
             user_roles=decision.roles,
@@ -221,9 +239,20 @@ class ApprovalWorkflow:
             step_name=step.name,
             step_roles=step.roles,
             deciders=self._claimed,
+            on_behalf_of=decision.on_behalf_of,
+            same_team_as_requester=spec.outside_requester_team
+            and decision.team is not None
+            and decision.team == self._request.requester_team,
         )
         if not verdict:
             return verdict
+        if (
+            decision.delegation_ends_at is not None
+            and workflow.now() >= decision.delegation_ends_at
+        ):
+            return deny(
+                "delegation_expired", f"your delegation from {decision.on_behalf_of} has ended"
+            )
         if self._claimed_on_step.get(step.index, 0) >= step.required_approvals:
             return deny("not_pending", f"step '{step.name}' already has its approvals")
         return None
@@ -317,15 +346,51 @@ class ApprovalWorkflow:
                 retry_policy=EXECUTE_RETRY,
             )
         except ActivityError as err:
-            cause = err.cause
-            self._outcome = str(cause.message if isinstance(cause, ApplicationError) else err)
+            self._outcome = _failure_message(err)
             self._status = FAILED
             await self._record("failed", data={"error": self._outcome})
             return
         self._outcome = result.summary
         self._status = EXECUTED
+        revert_at = self._revert_at()
         await self._record(
             "executed",
+            data={
+                "summary": result.summary,
+                "before": result.before,
+                "after": result.after,
+                **({"revert_at": revert_at.isoformat()} if revert_at else {}),
+            },
+        )
+
+    def _revert_at(self) -> datetime | None:
+        """When a temporary change (a param named by the chain's `reverts_with`) ends."""
+        param = self._request.chain.reverts_with
+        until = self._request.params.get(param) if param else None
+        return datetime.fromisoformat(until) if until else None
+
+    async def _revert_when_due(self) -> None:
+        """A durable timer: the change is undone at its end time, across restarts."""
+        revert_at = self._revert_at()
+        assert revert_at is not None
+        delay = revert_at - workflow.now()
+        if delay > timedelta(0):
+            await workflow.sleep(delay)
+        request = self._request
+        try:
+            result = await workflow.execute_activity_method(
+                ApprovalActivities.revert_action,
+                ExecuteInput(request.request_id, request.action, request.target, request.params),
+                start_to_close_timeout=EXECUTE_TIMEOUT,
+                heartbeat_timeout=EXECUTE_HEARTBEAT_TIMEOUT,
+                schedule_to_close_timeout=EXECUTE_GIVE_UP_AFTER,
+                retry_policy=EXECUTE_RETRY,
+            )
+        except ActivityError as err:
+            await self._record("revert_failed", data={"error": _failure_message(err)})
+            return
+        await self._record(
+            "reverted",
             data={"summary": result.summary, "before": result.before, "after": result.after},
         )
 

@@ -45,6 +45,7 @@ class ApprovalInput:
     requester_id: int
     chain: ChainSnapshot
     origin: Origin = field(default_factory=Origin)
+    requester_team: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,11 @@ class DecisionInput:
     decision: str  # "approve" or "reject"
     comment: str = ""
     origin: Origin = field(default_factory=Origin)
+    team: str | None = None
+    # Deciding for an absent approver under their delegation; `roles` are then theirs.
+    on_behalf_of: str | None = None
+    on_behalf_of_id: int | None = None
+    delegation_ends_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -240,10 +240,13 @@ def set_request_status(
     at: datetime,
     outcome: str | None = None,
     terminal: bool = False,
+    revert_at: datetime | None = None,
 ) -> None:
     values: dict[str, Any] = {"status": status, "updated_at": at}
     if outcome is not None:
         values["outcome"] = outcome
+    if revert_at is not None:
+        values["revert_at"] = revert_at
     if terminal:
         values["completed_at"] = at
     session.execute(update(ApprovalRequest).where(ApprovalRequest.id == request_id).values(values))
@@ -300,12 +303,14 @@ def add_decision(
     comment: str,
     channel: str,
     at: datetime,
+    on_behalf_of_id: int | None = None,
 ) -> None:
     session.add(
         Decision(
             request_id=request_id,
             step_index=step_index,
             user_id=user_id,
+            on_behalf_of_id=on_behalf_of_id,
             decision=decision,
             comment=comment,
             channel=channel,
@@ -329,6 +334,15 @@ def mark_sla_breached(
         .where(Task.request_id == request_id, Task.step_index == step_index)
         .values(sla_breached_at=at)
     )
+
+
+def record_revert(
+    session: Session, request_id: uuid.UUID, at: datetime, outcome: str, *, reverted: bool
+) -> None:
+    values: dict[str, Any] = {"updated_at": at, "outcome": outcome}
+    if reverted:
+        values["reverted_at"] = at
+    session.execute(update(ApprovalRequest).where(ApprovalRequest.id == request_id).values(values))
 
 
 def add_notification(

@@ -103,10 +103,23 @@ def test_signed_request_carries_the_idempotency_key(operator):
     assert call["headers"][SIGNATURE_HEADER].startswith("v1=")
     assert call["body"] == {
         "request_id": sent.request_id,
+        "phase": "apply",
         "action": "payment.withdrawal",
         "target": "PAY-1",
         "params": {"amount": "10.00"},
     }
+
+
+def test_a_revert_is_signed_with_its_own_idempotency_key(operator):
+    state, url = operator
+    sent = ExecuteInput(str(uuid.uuid4()), "player.vip_change", "PLR-1", {"vip_tier": "gold"})
+    HttpPlatform(url, SECRET).execute(sent)
+    HttpPlatform(url, SECRET).revert(sent)  # the operator checks the signature of each
+    apply_call, revert_call = state.calls
+    assert apply_call["headers"][IDEMPOTENCY_HEADER] == sent.request_id
+    assert revert_call["headers"][IDEMPOTENCY_HEADER] == f"{sent.request_id}:revert"
+    assert revert_call["body"]["phase"] == "revert"
+    assert len(state.executed) == 2, "the revert was deduplicated against the apply"
 
 
 def test_server_errors_are_retried_with_the_same_key(operator):
