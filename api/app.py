@@ -11,14 +11,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.routers import audit, auth, health, platform, requests
+from api.routers import audit, auth, delegations, health, platform, requests, tasks
 from core.db import make_engine, make_session_factory
 from core.events import EventHub, libpq_url
 from core.runtime import Runtime
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from policies.engine import PolicyEngine
+from web import delegations as web_delegations
+from web import queue as web_queue
 from web import routes as web_routes
+from web import workspaces as web_workspaces
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 
@@ -94,8 +97,9 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.add_exception_handler(web_routes.LoginRequired, web_routes.login_required_handler)
     app.add_exception_handler(web_routes.CsrfRefused, web_routes.csrf_refused_handler)
-    for module in (health, auth, requests, platform, audit):
+    for module in (health, auth, requests, tasks, delegations, platform, audit):
         app.include_router(module.router)
-    app.include_router(web_routes.router)
+    for page_module in (web_routes, web_queue, web_delegations, web_workspaces):
+        app.include_router(page_module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
