@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.routers import audit, auth, delegations, health, platform, requests, tasks
+from api.routers import audit, auth, delegations, health, platform, requests, roles, tasks
 from core.db import make_engine, make_session_factory
 from core.events import EventHub, libpq_url
 from core.runtime import Runtime
@@ -97,7 +97,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.add_exception_handler(web_routes.LoginRequired, web_routes.login_required_handler)
     app.add_exception_handler(web_routes.CsrfRefused, web_routes.csrf_refused_handler)
-    for module in (health, auth, requests, tasks, delegations, platform, audit):
+    for module in (health, auth, requests, tasks, delegations, roles, platform, audit):
         app.include_router(module.router)
     for page_module in (web_routes, web_queue, web_delegations, web_workspaces):
         app.include_router(page_module.router)
