@@ -32,7 +32,7 @@ from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
 from core.repositories.delegations import ActiveDelegation
 from core.runtime import Runtime
-from policies.rules import Decision, check_approval_decision, check_cancel
+from policies.rules import Decision, check_approval_decision, check_cancel, deny
 from policies.snapshot import Principal
 from workflows.approval import ApprovalWorkflow
 from workflows.contracts import (
@@ -248,7 +248,7 @@ def visible_request(
 
 
 @dataclass(frozen=True)
-class _Approver:
+class Approver:
     """Who decides a step, with which roles: their own, or an absent approver's by delegation."""
 
     roles: frozenset[str]
@@ -258,12 +258,12 @@ class _Approver:
 
 def _approver_for(
     session: Session, rt: Runtime, principal: Principal, action: str, step_roles: list[str]
-) -> _Approver:
+) -> Approver | Decision:
     me = session.get(User, principal.user_id)
     team = me.team if me is not None else None
     own = rt.policy.authorize(principal, f"{action}:approve")
     if own and principal.roles & set(step_roles):
-        return _Approver(principal.roles, team)
+        return Approver(principal.roles, team)
     now = datetime.now(UTC)
     for delegation in delegations_repo.active_for_delegate(session, principal.user_id, now):
         delegator = Principal(
@@ -272,30 +272,30 @@ def _approver_for(
         if delegation.delegator_roles & set(step_roles) and rt.policy.authorize(
             delegator, f"{action}:approve"
         ):
-            return _Approver(delegation.delegator_roles, team, delegation)
+            return Approver(delegation.delegator_roles, team, delegation)
     if not own:
-        raise refusal(own)
-    return _Approver(principal.roles, team)  # the step's role check names what is missing
+        return own
+    return Approver(principal.roles, team)  # the step's role check names what is missing
 
 
-def _precheck_decision(
-    rt: Runtime, principal: Principal, request_id: uuid.UUID, decision: str, comment: str
-) -> _Approver:
-    if decision not in ("approve", "reject"):
-        raise RequestError(422, "decision must be 'approve' or 'reject'", {"decision": "invalid"})
-    _check_text("comment", comment, MAX_COMMENT)
-    with rt.sessions() as session:
-        request = visible_request(session, rt, principal, request_id)
-        steps = requests_repo.steps(session, request_id)
-        step = steps[request.current_step]
-        approver = _approver_for(session, rt, principal, request.action, list(step.roles))
-        decided = requests_repo.decisions(session, request_id)
-        stood_in_for = users_repo.usernames(
-            session, [d.on_behalf_of_id for d, _ in decided if d.on_behalf_of_id]
-        )
-        deciders = [username for _, username in decided] + list(stood_in_for.values())
-        requester = session.get(User, request.requester_id)
-        assert requester is not None
+def decision_eligibility(
+    session: Session, rt: Runtime, principal: Principal, request: ApprovalRequest
+) -> tuple[Decision, Approver | None]:
+    """May this person decide the request's current step now, and as whom?"""
+    steps = requests_repo.steps(session, request.id)
+    if not steps:
+        return deny("not_pending", "the request has no open step"), None
+    step = steps[request.current_step]
+    approver = _approver_for(session, rt, principal, request.action, list(step.roles))
+    if isinstance(approver, Decision):
+        return approver, None
+    decided = requests_repo.decisions(session, request.id)
+    stood_in_for = users_repo.usernames(
+        session, [d.on_behalf_of_id for d, _ in decided if d.on_behalf_of_id]
+    )
+    deciders = [username for _, username in decided] + list(stood_in_for.values())
+    requester = session.get(User, request.requester_id)
+    assert requester is not None
     spec = request.chain["steps"][request.current_step]
     verdict = check_approval_decision(
         user=principal.username,
@@ -310,7 +310,19 @@ def _precheck_decision(
         and approver.team is not None
         and approver.team == requester.team,
     )
-    if not verdict:
+    return verdict, approver
+
+
+def _precheck_decision(
+    rt: Runtime, principal: Principal, request_id: uuid.UUID, decision: str, comment: str
+) -> Approver:
+    if decision not in ("approve", "reject"):
+        raise RequestError(422, "decision must be 'approve' or 'reject'", {"decision": "invalid"})
+    _check_text("comment", comment, MAX_COMMENT)
+    with rt.sessions() as session:
+        request = visible_request(session, rt, principal, request_id)
+        verdict, approver = decision_eligibility(session, rt, principal, request)
+    if not verdict or approver is None:
         raise refusal(verdict)
     return approver
 

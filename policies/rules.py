@@ -76,3 +76,49 @@ def check_cancel(*, user: str, requester: str, status: str) -> Decision:
     if user != requester:
         return deny("not_requester", "only the requester can cancel a request")
     return ALLOW
+
+
+MAX_DELEGATION_DAYS = 90
+
+
+def check_delegation(
+    *,
+    delegator: str,
+    delegator_departments: Collection[str],
+    delegator_approves: bool,
+    delegate: str,
+    delegate_departments: Collection[str],
+    days: float,
+) -> Decision:
+    """May `delegator` hand their approvals to `delegate` for a period of `days`?
+
+    Only an approver has approvals to hand over, only to a peer (someone in one of their
+    departments), and only for a bounded period, so a stand-in never becomes permanent.
+    """
+    if delegate == delegator:
+        return deny("self_delegation", "you cannot delegate to yourself")
+    if not delegator_approves:
+        return deny(
+            "nothing_to_delegate", f"{delegator} approves nothing, so has nothing to hand over"
+        )
+    if not set(delegator_departments) & set(delegate_departments):
+        return deny(
+            "not_a_peer",
+            f"{delegate} is not a peer: a delegate must work in "
+            f"{' or '.join(sorted(delegator_departments))}",
+        )
+    if days > MAX_DELEGATION_DAYS:
+        return deny("too_long", f"a delegation lasts at most {MAX_DELEGATION_DAYS} days")
+    return ALLOW
+
+
+def check_revoke_delegation(
+    *, user: str, delegator: str, manages_all: bool, revoked: bool, ended: bool
+) -> Decision:
+    if user != delegator and not manages_all:
+        return deny("not_delegator", "only the person who delegated can revoke it")
+    if revoked:
+        return deny("already_revoked", "this delegation is already revoked")
+    if ended:
+        return deny("already_ended", "this delegation has already ended")
+    return ALLOW

@@ -30,8 +30,10 @@ from core.db import SessionFactory, make_engine, make_session_factory, transacti
 from core.embedded import embedded_postgres, temporal_binary
 from core.migrate import upgrade
 from core.models import Payment, Player
+from core.repositories import users as users_repo
 from core.runtime import Runtime
-from core.seed import seed_users
+from core.security import hash_password
+from core.seed import DEMO_PASSWORD, seed_users
 from core.settings import Settings
 from core.temporal import build_worker
 from policies.engine import PolicyEngine
@@ -132,6 +134,7 @@ def runtime(
     )
 
 
+TEST_PASSWORD_HASH = hash_password(DEMO_PASSWORD)
 AUDIT_KEY = (TEST_SECRET + "-audit").encode()
 
 
@@ -205,5 +208,26 @@ def new_withdrawal(sessions: SessionFactory):
                 )
             )
         return f"PAY-T{suffix}"
+
+    return create
+
+
+@pytest.fixture
+def make_user(sessions: SessionFactory):
+    """Create a throwaway user with these roles, team and department; returns the username."""
+
+    def create(roles: tuple[str, ...], team: str, department: str) -> str:
+        username = f"t.{secrets.token_hex(4)}"
+        with transaction(sessions) as session:
+            users_repo.create(
+                session,
+                username=username,
+                display_name=f"Test {username}",
+                department=department,
+                password_hash=TEST_PASSWORD_HASH,
+                roles=roles,
+                team=team,
+            )
+        return username
 
     return create

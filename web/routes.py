@@ -19,7 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
 from api.deps import RuntimeDep, origin_of
-from api.schemas import request_out, task_out
+from api.schemas import DecisionOut, request_out, task_out
 from core import audit, auth, request_service
 from core.models import User
 from core.repositories import payments as payments_repo
@@ -28,7 +28,6 @@ from core.repositories import users as users_repo
 from core.request_service import NewRequest, RequestError
 from core.runtime import Runtime
 from core.security import new_token
-from policies.rules import check_approval_decision
 from policies.snapshot import Principal
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -378,30 +377,25 @@ def _request_context(
 ) -> dict[str, Any]:
     request = request_service.visible_request(session, rt, viewer.principal, request_id)
     detail = request_out(session, request)
-    steps = detail.steps
-    step = steps[detail.current_step] if steps else None
-    can_decide = bool(
-        step
-        and rt.policy.authorize(viewer.principal, f"{request.action}:approve")
-        and check_approval_decision(
-            user=viewer.user.username,
-            user_roles=viewer.principal.roles,
-            requester=detail.requester,
-            status=detail.status,
-            step_name=step.name,
-            step_roles=step.roles,
-            deciders=[d.user for d in detail.decisions],
-        )
-    )
+    verdict, approver = request_service.decision_eligibility(session, rt, viewer.principal, request)
     timeline = audit.stream_events(session, f"request:{request_id}")
     mine = detail.requester == viewer.user.username
     return {
         **base_context(viewer, "requests" if mine else "tasks"),
         "r": detail,
-        "can_decide": can_decide,
+        "can_decide": bool(verdict),
+        "deciding_for": approver.delegation if verdict and approver else None,
+        "decisions_by_step": _decisions_by_step(detail.decisions),
         "can_cancel": detail.status == "pending" and detail.requester == viewer.user.username,
         "timeline": timeline,
     }
+
+
+def _decisions_by_step(decisions: list[DecisionOut]) -> dict[int, list[DecisionOut]]:
+    by_step: dict[int, list[DecisionOut]] = {}
+    for decided in decisions:
+        by_step.setdefault(decided.step, []).append(decided)
+    return by_step
 
 
 def _task_row(

@@ -31,7 +31,6 @@ from core.models import (
     User,
 )
 from core.repositories import users as users_repo
-from core.security import hash_password
 from tests.conftest import Tokens
 
 
@@ -539,25 +538,10 @@ async def test_an_action_that_no_longer_fits_at_execution_fails_with_the_reason(
     assert changes_for(sessions, request_id) == []
 
 
-def _user(sessions: SessionFactory, roles: tuple[str, ...], team: str, department: str) -> str:
-    username = f"t.{_suffix().lower()}"
-    with transaction(sessions) as session:
-        users_repo.create(
-            session,
-            username=username,
-            display_name=username,
-            department=department,
-            password_hash=hash_password("backoffice"),
-            roles=roles,
-            team=team,
-        )
-    return username
-
-
 async def test_a_step_outside_the_requesters_team_refuses_a_teammate(
-    api, tokens, sessions, platform
+    api, tokens, platform, make_user
 ):
-    teammate = _user(sessions, ("compliance.officer",), "ops-desk", "compliance")
+    teammate = make_user(("compliance.officer",), "ops-desk", "compliance")
     created = await submit(api, tokens, "ops.agent", "player.close", platform.player(), {})
     request_id = created.json()["id"]
     assert (await decide(api, tokens, "ops.lead", request_id)).status_code == 200
@@ -597,11 +581,11 @@ async def test_a_temporary_vip_change_reverts_at_its_end_time(api, tokens, sessi
 
 
 async def test_a_delegate_approves_for_an_absent_director_once(
-    api, tokens, sessions, new_withdrawal
+    api, tokens, sessions, new_withdrawal, make_user
 ):
     with transaction(sessions) as session:
         director = users_repo.by_username(session, "fin.director")
-        delegate = _user(sessions, ("finance.manager",), "fin-treasury", "finance")
+        delegate = make_user(("finance.manager",), "fin-treasury", "finance")
         delegate_user = users_repo.by_username(session, delegate)
         assert director is not None and delegate_user is not None
         now = datetime.now(UTC)
@@ -638,8 +622,10 @@ async def test_a_delegate_approves_for_an_absent_director_once(
         assert director_name is not None and director_name.username == "fin.director"
 
 
-async def test_an_expired_delegation_grants_nothing(api, tokens, sessions, new_withdrawal):
-    delegate = _user(sessions, ("finance.clerk",), "fin-treasury", "finance")
+async def test_an_expired_delegation_grants_nothing(
+    api, tokens, sessions, new_withdrawal, make_user
+):
+    delegate = make_user(("finance.clerk",), "fin-treasury", "finance")
     with transaction(sessions) as session:
         director = users_repo.by_username(session, "fin.director")
         delegate_user = users_repo.by_username(session, delegate)
