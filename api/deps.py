@@ -64,7 +64,7 @@ def current_caller(
             str(exc),
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from None
-    return Caller(user, users_repo.principal_for(session, user))
+    return Caller(user, users_repo.principal_for(session, user, rt.policy))
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

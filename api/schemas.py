@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar
 
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from core.models import ApprovalRequest, AuditEvent, Task
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
+from policies.snapshot import DataScope
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ class MeOut(BaseModel):
     department: str
     roles: list[str]
     workspaces: list[str]
+    scope: ScopeOut
 
 
 class RequestCreate(_In):
@@ -135,6 +137,11 @@ class TaskOut(BaseModel):
     approvals: int
     due_at: datetime | None
     sla_breached: bool
+    opened_at: datetime | None = None
+    sla_state: str = "on_time"  # on_time, due_soon or breached
+    claimed_by: str | None = None  # username of who took the task, if anyone
+    claimed_by_name: str | None = None
+    claimed_at: datetime | None = None
 
 
 class PaymentOut(BaseModel):
@@ -249,8 +256,41 @@ def task_out(row: requests_repo.TaskRow) -> TaskOut:
         approvals=row.task.approvals,
         due_at=row.task.due_at,
         sla_breached=row.task.sla_breached_at is not None,
+        opened_at=row.task.opened_at,
+        sla_state=requests_repo.sla_state(row.task, datetime.now(UTC)),
+        claimed_by=row.claimed_by,
+        claimed_by_name=row.claimed_by_name,
+        claimed_at=row.task.claimed_at,
     )
 
 
 def audit_event_out(event: AuditEvent) -> AuditEventOut:
     return AuditEventOut.model_validate(event, from_attributes=True)
+
+
+# --- roles catalogue and data scope ----------------------------------------------------
+
+
+class ScopeOut(BaseModel):
+    """Regions and player segments reached ("*" for all), and the value limit (null: none)."""
+
+    regions: list[str] | Literal["*"]
+    segments: list[str] | Literal["*"]
+    max_amount: Decimal | None
+
+
+class RoleOut(BaseModel):
+    name: str
+    department: str
+    description: str
+    workspaces: list[str]
+    permissions: list[str]
+    scope: ScopeOut
+
+
+def scope_out(scope: DataScope) -> ScopeOut:
+    return ScopeOut(
+        regions=scope.regions if isinstance(scope.regions, str) else sorted(scope.regions),
+        segments=scope.segments if isinstance(scope.segments, str) else sorted(scope.segments),
+        max_amount=scope.max_amount,
+    )

@@ -5,16 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import uuid
 
 import psycopg
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 from core.approvals import EVENTS_CHANNEL
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 100
 RECONNECT_SECONDS = 2.0
+
+
+def notify_request_changed(session: Session, request_id: uuid.UUID, kind: str) -> None:
+    """Tell open pages that a request changed, once the caller's transaction commits.
+
+    The same channel and payload as the workflow's transition recorder, so pages need not
+    care whether a workflow or a person (claiming a task) made the change.
+    """
+    session.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {
+            "channel": EVENTS_CHANNEL,
+            "payload": json.dumps({"request_id": str(request_id), "kind": kind}),
+        },
+    )
 
 
 def libpq_url(engine: Engine) -> str:

@@ -101,6 +101,8 @@ class Player(Base):
     daily_deposit_limit: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
     daily_loss_limit: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
     session_limit_minutes: Mapped[int | None] = mapped_column(Integer)
+    # The affiliate who referred the player (commissions are paid on their activity).
+    affiliate_id: Mapped[str | None] = mapped_column(ForeignKey("affiliates.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
 
 

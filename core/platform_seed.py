@@ -30,6 +30,7 @@ SPORTS = ("football", "tennis", "basketball", "ice_hockey", "esports")
 TEAMS = ("Lions", "Falcons", "Rovers", "United", "City", "Wanderers", "Athletic", "Rangers")
 CURRENCY = "EUR"
 PENDING_WITHDRAWALS = 30  # a third of them at 10,000 or more, for the approval demo
+REFERRED_SHARE = 0.4  # of players came through an affiliate (commissions are paid on them)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,14 @@ def _copy(
 class _Generator:
     def __init__(self, size: PlatformSize, seed: int, now: datetime) -> None:
         self.size, self.rng, self.now = size, random.Random(seed), now
+        # Affiliates and referrals draw from their own stream, so adding them left every
+        # other table exactly as the same seed generated it before.
+        self.partners = random.Random(seed + 1)
+
+    def referrer(self) -> str | None:
+        if not self.size.affiliates or self.partners.random() >= REFERRED_SHARE:
+            return None
+        return f"AFF-{self.partners.randint(1, self.size.affiliates):04d}"
 
     def money(self, low: int, high: int) -> Decimal:
         return Decimal(self.rng.randint(low * 100, high * 100)) / 100
@@ -127,6 +136,7 @@ class _Generator:
                 self.money(100, 2_000) if limited else None,
                 rng.choice((60, 120, 240)) if limited else None,
                 self.now - timedelta(days=rng.randint(1, 900)),
+                self.referrer(),
             )
 
     def payments(self) -> Iterator[tuple[Any, ...]]:
@@ -230,7 +240,7 @@ class _Generator:
             )
 
     def affiliates(self) -> Iterator[tuple[Any, ...]]:
-        rng = self.rng
+        rng = self.partners
         for number in range(1, self.size.affiliates + 1):
             plan = rng.choice(("revshare", "cpa", "hybrid"))
             rate = Decimal(rng.randint(15, 45)) if plan != "cpa" else Decimal(rng.randint(50, 250))
@@ -256,6 +266,8 @@ def seed_reference_platform(
     gen = _Generator(size, seed, datetime.now(UTC).replace(microsecond=0))
     event_count = max(1, -(-size.markets // 3))
     plan: list[tuple[str, Sequence[str], Callable[[], Iterator[tuple[Any, ...]]], int]] = [
+        # Before players: a player row names the affiliate who referred them.
+        ("affiliates", ("id", "name", "plan", "rate", "status"), gen.affiliates, size.affiliates),
         (
             "players",
             (
@@ -269,6 +281,7 @@ def seed_reference_platform(
                 "daily_loss_limit",
                 "session_limit_minutes",
                 "created_at",
+                "affiliate_id",
             ),
             gen.players,
             size.players,
@@ -313,7 +326,6 @@ def seed_reference_platform(
             gen.campaigns,
             size.campaigns,
         ),
-        ("affiliates", ("id", "name", "plan", "rate", "status"), gen.affiliates, size.affiliates),
         (
             "risk_rules",
             ("id", "name", "description", "threshold", "enabled"),

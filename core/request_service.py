@@ -121,7 +121,7 @@ def _check_field_target(
     except platform_actions.UnknownTarget as unknown:
         raise RequestError(422, str(unknown), {"target": "not found"}) from None
     except platform_actions.ActionRefused as refused:
-        raise RequestError(409, str(refused)) from None
+        raise RequestError(409, str(refused), {"target": str(refused)}) from None
 
 
 _CONTROL_CHARACTERS = {chr(c) for c in range(32)} - {"\n", "\r", "\t"} | {"\x7f"}

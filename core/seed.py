@@ -48,6 +48,78 @@ DEMO_USERS: tuple[DemoUser, ...] = (
     DemoUser("trading.lead", "Tara Lead", "trading", ("trading.lead",), "trading-desk"),
     DemoUser("trading.head", "Theo Head", "trading", ("trading.head",), "trading-mgmt"),
     DemoUser("admin", "Ada Admin", "admin", ("platform.admin",), "platform"),
+    # One person for each of the more specialised roles, so every module can be tried.
+    DemoUser("ops.support", "Sam Support", "operations", ("operations.support_agent",), "ops-care"),
+    DemoUser(
+        "ops.support_lead", "Sofia Support", "operations", ("operations.support_lead",), "ops-care"
+    ),
+    DemoUser("ops.kyc", "Kim Checks", "operations", ("operations.kyc_agent",), "ops-kyc"),
+    DemoUser("ops.kyc_lead", "Kurt Checks", "operations", ("operations.kyc_lead",), "ops-kyc"),
+    DemoUser("ops.rg", "Ruth Safer", "operations", ("operations.rg_specialist",), "ops-rg"),
+    DemoUser(
+        "ops.content", "Cody Content", "operations", ("operations.content_manager",), "ops-games"
+    ),
+    DemoUser(
+        "ops.supervisor", "Sue Shift", "operations", ("operations.shift_supervisor",), "ops-shift"
+    ),
+    DemoUser("crm.vip", "Vera Vip", "crm", ("crm.vip_manager",), "crm-vip"),
+    DemoUser("crm.vip_uk", "Victor Host", "crm", ("crm.vip_host_uk",), "crm-vip"),
+    DemoUser(
+        "crm.campaigns", "Camila Campaigns", "crm", ("crm.campaign_executive",), "crm-campaigns"
+    ),
+    DemoUser("crm.retention", "Rhea Retention", "crm", ("crm.retention_manager",), "crm-retention"),
+    DemoUser("crm.analyst", "Andy Analyst", "crm", ("crm.analyst",), "crm-insight"),
+    DemoUser("risk.fraud", "Fred Fraud", "risk", ("risk.fraud_analyst",), "risk-fraud"),
+    DemoUser("risk.aml", "Amal Investigator", "risk", ("risk.aml_investigator",), "risk-aml"),
+    DemoUser(
+        "risk.bonus_abuse", "Boris Abuse", "risk", ("risk.bonus_abuse_analyst",), "risk-fraud"
+    ),
+    DemoUser(
+        "risk.payments", "Petra Payments", "risk", ("risk.payments_analyst",), "risk-payments"
+    ),
+    DemoUser(
+        "risk.sportsbook", "Simon Sharp", "risk", ("risk.sportsbook_analyst",), "risk-sportsbook"
+    ),
+    DemoUser(
+        "fin.clerk_uk", "Una Clerk", "finance", ("finance.payments_clerk_uk",), "fin-payouts-uk"
+    ),
+    DemoUser(
+        "fin.clerk_de", "Dirk Clerk", "finance", ("finance.payments_clerk_de",), "fin-payouts-de"
+    ),
+    DemoUser(
+        "fin.recon", "Rosa Recon", "finance", ("finance.reconciliation_analyst",), "fin-recon"
+    ),
+    DemoUser(
+        "fin.treasury", "Tess Treasury", "finance", ("finance.treasury_manager",), "fin-treasury"
+    ),
+    DemoUser("fin.controller", "Carlo Controller", "finance", ("finance.controller",), "fin-mgmt"),
+    DemoUser(
+        "comp.auditor", "Audrey Auditor", "compliance", ("compliance.auditor",), "internal-audit"
+    ),
+    DemoUser("comp.mlro", "Miles Reporting", "compliance", ("compliance.mlro",), "compliance-aml"),
+    DemoUser(
+        "comp.games", "Greta Games", "compliance", ("compliance.game_compliance",), "compliance"
+    ),
+    DemoUser(
+        "trading.football",
+        "Fergus Football",
+        "trading",
+        ("trading.trader_football",),
+        "trading-desk",
+    ),
+    DemoUser(
+        "trading.tennis", "Tina Tennis", "trading", ("trading.trader_tennis",), "trading-desk"
+    ),
+    DemoUser(
+        "trading.liability",
+        "Liam Liability",
+        "trading",
+        ("trading.liability_manager",),
+        "trading-risk",
+    ),
+    DemoUser(
+        "trading.pricing", "Paula Pricing", "trading", ("trading.pricing_analyst",), "trading-quant"
+    ),
 )
 
 

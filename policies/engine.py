@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -13,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from policies.rules import ALLOW, Decision, deny, permission_matches
-from policies.snapshot import ChainSnapshot, Principal, StepSpec
+from policies.snapshot import EVERY, ChainSnapshot, DataScope, Principal, StepSpec
 
 DEFAULT_DIR = Path(__file__).resolve().parent
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -23,6 +24,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _M = TypeVar("_M", bound=BaseModel)
 # Temporary changes last at most this long; longer ones are permanent changes.
 MAX_REVERT_HORIZON = timedelta(days=366)
+# The verbs of a catalogue action used as a permission resource.
+CATALOGUE_VERBS = ("request", "approve")
 
 
 class PolicyError(Exception):
@@ -40,16 +43,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ScopeDef(_Strict):
+    """The data a role reaches; the values are checked against the file's declared lists."""
+
+    regions: list[str] | Literal["*"]
+    segments: list[str] | Literal["*"]
+    max_amount: Decimal | None = None
+
+    @field_validator("regions", "segments", mode="before")
+    @classmethod
+    def _every_or_some(cls, value: object) -> object:
+        if value == EVERY:
+            return value
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be '*' or a non-empty list")
+        return value
+
+    @field_validator("max_amount")
+    @classmethod
+    def _money(cls, value: Decimal | None) -> Decimal | None:
+        if value is None:
+            return None
+        if not value.is_finite() or value <= 0:
+            raise ValueError("must be an amount greater than zero (omit it for no limit)")
+        if value.as_tuple().exponent < -2:  # type: ignore[operator]
+            raise ValueError("has more than 2 decimal places")
+        return value
+
+    def data_scope(self) -> DataScope:
+        return DataScope(
+            regions=EVERY if self.regions == EVERY else frozenset(self.regions),
+            segments=EVERY if self.segments == EVERY else frozenset(self.segments),
+            max_amount=self.max_amount,
+        )
+
+
 class RoleDef(_Strict):
     department: str
     description: str
     workspaces: list[str] = Field(default_factory=list)
     permissions: list[str] = Field(default_factory=list)
+    scope: ScopeDef
+
+
+class ResourceDef(_Strict):
+    title: str
+    verbs: list[str] = Field(min_length=1)
 
 
 class RolesFile(_Strict):
     version: int
     workspaces: dict[str, str]
+    departments: dict[str, str]
+    regions: list[str] = Field(min_length=1)
+    segments: list[str] = Field(min_length=1)
+    resources: dict[str, ResourceDef]
     roles: dict[str, RoleDef]
 
 
@@ -176,13 +224,7 @@ class PolicyEngine:
         chains_path = directory / "approval_chains.yaml"
         roles = _parse(roles_path, RolesFile)
         chains = _parse(chains_path, ChainsFile)
-        for name, role in roles.roles.items():
-            for index, workspace in enumerate(role.workspaces):
-                if workspace not in roles.workspaces:
-                    raise PolicyError(
-                        f"{roles_path}: key 'roles.{name}.workspaces.{index}': "
-                        f"unknown workspace '{workspace}'"
-                    )
+        _check_roles(roles_path, roles, set(chains.chains))
         for action, chain in chains.chains.items():
             if chain.reverts_with is not None and (
                 chain.params.get(chain.reverts_with) is None
@@ -249,6 +291,14 @@ class PolicyEngine:
         if any(permission_matches(g, permission) for g in self.permissions_of(principal)):
             return ALLOW
         return deny("forbidden", f"your roles do not grant '{permission}'")
+
+    def scope_of(self, principal: Principal) -> DataScope:
+        """The data the principal's roles reach together (roles unknown to the file add none)."""
+        return merge_scopes(
+            self.roles.roles[role].scope.data_scope()
+            for role in principal.roles
+            if role in self.roles.roles
+        )
 
     def workspaces_for(self, principal: Principal) -> list[tuple[str, str]]:
         allowed: set[str] = set()
@@ -322,6 +372,124 @@ class PolicyEngine:
                     reverts_with=chain.reverts_with,
                 )
         raise PolicyError(f"no tier of {action} matches")  # unreachable: load() checks
+
+
+def _check_roles(path: Path, roles: RolesFile, actions: set[str]) -> None:
+    """Every name a role uses must be declared: a typo stops start-up, naming the key."""
+
+    def unknown(key: str, message: str) -> PolicyError:
+        return PolicyError(f"{path}: key '{key}': {message}")
+
+    for name, role in roles.roles.items():
+        at = f"roles.{name}"
+        if role.department not in roles.departments:
+            raise unknown(f"{at}.department", f"unknown department '{role.department}'")
+        for index, workspace in enumerate(role.workspaces):
+            if workspace not in roles.workspaces:
+                raise unknown(f"{at}.workspaces.{index}", f"unknown workspace '{workspace}'")
+        for index, permission in enumerate(role.permissions):
+            problem = _permission_problem(permission, roles.resources, actions)
+            if problem is not None:
+                raise unknown(f"{at}.permissions.{index}", problem)
+        for dimension, declared in (
+            ("regions", roles.regions),
+            ("segments", roles.segments),
+        ):
+            values = getattr(role.scope, dimension)
+            if values == EVERY:
+                continue
+            for index, value in enumerate(values):
+                if value not in declared:
+                    raise unknown(
+                        f"{at}.scope.{dimension}.{index}",
+                        f"unknown {dimension[:-1]} '{value}' (declared: {', '.join(declared)})",
+                    )
+
+
+def _permission_problem(
+    permission: str, resources: dict[str, ResourceDef], actions: set[str]
+) -> str | None:
+    if permission == "*":
+        return None
+    resource, _, verb = permission.partition(":")
+    if not resource or not verb:
+        return f"'{permission}' is not '<resource>:<verb>'"
+    if resource == "*":
+        verbs = {v for r in resources.values() for v in r.verbs} | set(CATALOGUE_VERBS)
+    elif resource in resources:
+        verbs = set(resources[resource].verbs)
+    elif resource in actions:
+        verbs = set(CATALOGUE_VERBS)
+    else:
+        return (
+            f"unknown resource '{resource}' in '{permission}': declare it under 'resources' "
+            "or name an action of approval_chains.yaml"
+        )
+    if verb != "*" and verb not in verbs:
+        return f"'{resource}' has no verb '{verb}' (it has: {', '.join(sorted(verbs))})"
+    return None
+
+
+def merge_scopes(scopes: Iterable[DataScope]) -> DataScope:
+    """Regions and segments are united ("*" absorbs the rest); the highest limit wins
+    (no limit absorbs every limit). No scopes at all reach nothing."""
+    merged = DataScope()
+    for scope in scopes:
+        merged = DataScope(
+            regions=_union(merged.regions, scope.regions),
+            segments=_union(merged.segments, scope.segments),
+            max_amount=(
+                None
+                if merged.max_amount is None or scope.max_amount is None
+                else max(merged.max_amount, scope.max_amount)
+            ),
+        )
+    return merged
+
+
+def _union(
+    left: frozenset[str] | Literal["*"], right: frozenset[str] | Literal["*"]
+) -> frozenset[str] | Literal["*"]:
+    if isinstance(left, str) or isinstance(right, str):
+        return EVERY
+    return left | right
+
+
+def within_scope(
+    scope: DataScope,
+    region: str | None = None,
+    segment: str | None = None,
+    amount: Decimal | int | str | None = None,
+) -> Decision:
+    """May someone with this scope act on data of this region, segment and amount?
+    A value not given is not checked."""
+    if region is not None and not _reaches(scope.regions, region):
+        return deny(
+            "region_out_of_scope",
+            f"region {region} is outside your scope ({_listed(scope.regions)})",
+        )
+    if segment is not None and not _reaches(scope.segments, segment):
+        return deny(
+            "segment_out_of_scope",
+            f"player segment {segment} is outside your scope ({_listed(scope.segments)})",
+        )
+    if amount is not None and scope.max_amount is not None:
+        value = Decimal(str(amount))
+        if value > scope.max_amount:
+            return deny(
+                "over_limit", f"amount {value:.2f} is above your limit of {scope.max_amount:.2f}"
+            )
+    return ALLOW
+
+
+def _reaches(values: frozenset[str] | Literal["*"], value: str) -> bool:
+    return values == EVERY or value in values
+
+
+def _listed(values: frozenset[str] | Literal["*"]) -> str:
+    if isinstance(values, str):
+        return "all"
+    return ", ".join(sorted(values)) if values else "none"
 
 
 def _below(value: object, limit: Decimal) -> bool:

@@ -1,6 +1,11 @@
 """Plain data handed from the policy engine into workflows (no I/O, no heavy imports)."""
 
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+# A scope dimension that reaches every value ("*" in roles.yaml).
+EVERY: Literal["*"] = "*"
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,21 @@ class ChainSnapshot:
 
 
 @dataclass(frozen=True)
+class DataScope:
+    """The data a person's roles reach: regions and player segments ("*" for all of them)
+    and the largest money amount they may act on (None: no limit). The default reaches
+    nothing."""
+
+    regions: frozenset[str] | Literal["*"] = frozenset()
+    segments: frozenset[str] | Literal["*"] = frozenset()
+    max_amount: Decimal | None = Decimal(0)
+
+
+@dataclass(frozen=True)
 class Principal:
     user_id: int
     username: str
     roles: frozenset[str] = field(default_factory=frozenset)
+    # The merged scope of the roles, when whoever built the principal worked it out;
+    # None otherwise, and PolicyEngine.scope_of(principal) answers from the roles.
+    scope: DataScope | None = None

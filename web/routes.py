@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,8 +20,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
 from api.deps import RuntimeDep, origin_of
-from api.schemas import DecisionOut, request_out, task_out
-from core import audit, auth, request_service
+from api.schemas import DecisionOut, request_out
+from core import audit, auth, platform_actions, request_service
 from core.models import User
 from core.repositories import payments as payments_repo
 from core.repositories import requests as requests_repo
@@ -28,6 +29,7 @@ from core.repositories import users as users_repo
 from core.request_service import NewRequest, RequestError
 from core.runtime import Runtime
 from core.security import new_token
+from policies.engine import ChainDef
 from policies.snapshot import Principal
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -118,7 +120,7 @@ def current_viewer(request: Request, rt: RuntimeDep, session: WebSessionDep) -> 
     if found is None or cookie is None:
         raise LoginRequired()
     user, web_session = found
-    principal = users_repo.principal_for(session, user)
+    principal = users_repo.principal_for(session, user, rt.policy)
     return Viewer(
         user, principal, web_session.csrf_token, cookie, rt.policy.workspaces_for(principal)
     )
@@ -267,27 +269,6 @@ def home() -> Response:
     return RedirectResponse("/tasks", status_code=303)
 
 
-@router.get("/tasks")
-def my_tasks(request: Request, viewer: ViewerDep, session: WebSessionDep) -> Response:
-    rows = requests_repo.task_queue(
-        session, user_id=viewer.user.id, roles=viewer.principal.roles, limit=200
-    )
-    notifications = requests_repo.notifications_for(
-        session, user_id=viewer.user.id, roles=viewer.principal.roles
-    )
-    context = {
-        **base_context(viewer, "tasks"),
-        "tasks": [task_out(row) for row in rows],
-        "notifications": notifications,
-    }
-    block = (
-        "task_table"
-        if is_htmx(request) and request.headers.get("HX-Target") == "task-table"
-        else None
-    )
-    return render(request, "tasks.html", context, block=block)
-
-
 # --- requests ---------------------------------------------------------------------
 
 
@@ -301,51 +282,313 @@ def my_requests(request: Request, viewer: ViewerDep, session: WebSessionDep) -> 
     )
 
 
+# --- new request form ---------------------------------------------------------------
+# One form for every catalogue action: the fields come from the action's ParamDefs, the
+# approval path preview from the policy engine, the refusals from request_service.submit.
+
+_INPUT_STEP = {"money": "0.01", "percent": "0.01", "number": "0.01", "odds": "0.01", "integer": "1"}
+# A word on params whose valid value depends on the target, shown in their label.
+_PARAM_HINTS = {("payment.withdrawal", "amount"): "must equal the withdrawal"}
+_DATETIME_LOCAL = "%Y-%m-%dT%H:%M"
+
+
+@dataclass(frozen=True)
+class ParamField:
+    """One input of the form, as the template draws it."""
+
+    name: str
+    label: str
+    kind: str  # the ParamDef type: money, percent, number, integer, odds, choice, datetime
+    required: bool
+    value: str
+    low: str | None = None
+    high: str | None = None
+    step: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def input_id(self) -> str:
+        return f"param-{self.name}"
+
+    @property
+    def range_text(self) -> str:
+        return f"{Decimal(self.low or 0):,} to {Decimal(self.high or 0):,}"
+
+
+def _as_datetime_local(value: str) -> str:
+    """An ISO date and time as a datetime-local value in UTC; anything else unchanged."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime(_DATETIME_LOCAL)
+
+
+def _param_fields(action: str, chain: ChainDef, values: dict[str, str]) -> list[ParamField]:
+    fields = []
+    for name, spec in chain.params.items():
+        label = spec.label or name.replace("_", " ").capitalize()
+        if hint := _PARAM_HINTS.get((action, name)):
+            label = f"{label} ({hint})"
+        value = values.get(name, "")
+        low = high = None
+        if spec.type in _INPUT_STEP:
+            low, high = (str(bound) for bound in spec.bounds())
+        if spec.type == "datetime" and value:
+            value = _as_datetime_local(value)
+        fields.append(
+            ParamField(
+                name=name,
+                label=label,
+                kind=spec.type,
+                required=spec.required,
+                value=value,
+                low=low,
+                high=high,
+                step=_INPUT_STEP.get(spec.type),
+                choices=tuple(spec.choices or ()),
+            )
+        )
+    return fields
+
+
+def _target_label(action: str, chain: ChainDef) -> str:
+    if action == "payment.withdrawal":
+        return "Withdrawal"
+    return f"{chain.target.replace('_', ' ').capitalize()} ID"
+
+
+def _requestable(rt: Runtime, viewer: Viewer) -> list[tuple[str, str]]:
+    """(action, title) of every catalogue action this person may request."""
+    chains = rt.policy.chains.chains
+    return [
+        (name, chain.title)
+        for name, chain in chains.items()
+        if rt.policy.may_request(viewer.principal, name)
+    ]
+
+
+def _chosen_action(
+    rt: Runtime, viewer: Viewer, asked: str, requestable: list[tuple[str, str]]
+) -> tuple[str | None, str | None, int]:
+    """(action to show, why the asked one cannot be, HTTP status) for the asked action."""
+    if not asked:
+        return (requestable[0][0] if requestable else None), None, 200
+    verdict = rt.policy.may_request(viewer.principal, asked)
+    if verdict:
+        return asked, None, 200
+    if verdict.code == "unknown_action":
+        return None, f"'{asked}' is not an action of the catalogue; choose one below.", 422
+    return None, f"You may not request '{asked}': {verdict.reason}. Choose another action.", 403
+
+
+def _form_values(rt: Runtime, source: Mapping[str, str]) -> dict[str, str]:
+    """The form's own fields from a query string or posted form; other keys are dropped.
+
+    `fields_for` names the action whose fields were on screen: switching to an action
+    about another kind of target must not carry the old target id over, nor its params.
+    """
+    action = source.get("action", "").strip()
+    values = {key: source.get(key, "").strip() for key in ("action", "target", "reason")}
+    chain = rt.policy.chain_definition(action)
+    shown_for = source.get("fields_for", "").strip()
+    shown = rt.policy.chain_definition(shown_for) if shown_for else None
+    if shown_for and shown_for != action:
+        if shown is None or chain is None or shown.target != chain.target:
+            values["target"] = ""
+        return values
+    for name in chain.params if chain is not None else ():
+        values[name] = source.get(name, "").strip()
+    return values
+
+
+def _sla_words(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _tier_rules(chain: ChainDef) -> list[str]:
+    """Each tier in words: 'standard: while amount is below 10,000', 'large: otherwise'."""
+    rules = []
+    for tier in chain.tiers:
+        if tier.when is None:
+            rules.append(f"{tier.name}: otherwise")
+            continue
+        param = chain.params.get(tier.when.param)
+        what = (param.label if param and param.label else tier.when.param).replace("_", " ")
+        rules.append(f"{tier.name}: while {what.lower()} is below {tier.when.below:,}")
+    return rules
+
+
+def _approval_path(
+    rt: Runtime, session: Session, action: str, values: dict[str, str]
+) -> dict[str, Any]:
+    """Which chain applies to the values as they are: valid params pick the tier, else the
+    first tier applies (as the engine does for a missing value)."""
+    chain = rt.policy.chains.chains[action]
+    params = {name: values[name] for name in chain.params if values.get(name)}
+    target = values.get("target", "")
+    check_target = request_service.TARGET_CHECKS.get(action)
+    if check_target is not None and target:
+        with contextlib.suppress(RequestError):  # the submission names what is wrong
+            check_target(session, target, params)
+    clean, _ = rt.policy.validate_params(action, params, datetime.now(UTC))
+    derived: dict[str, str] = {}
+    field_action = platform_actions.FIELD_ACTIONS.get(action)
+    if field_action and field_action.derive and target and not _missing(chain, clean):
+        row = session.get(field_action.model, target)
+        if row is not None:
+            derived = field_action.derive(row, clean)
+    depends_on_target = any(
+        tier.when is not None and tier.when.param in chain.derived for tier in chain.tiers
+    )
+    reverts_at = None
+    if chain.reverts_with and clean.get(chain.reverts_with):
+        reverts_at = datetime.fromisoformat(clean[chain.reverts_with])
+    snapshot = rt.policy.chain_for(action, {**clean, **derived})
+    return {
+        "tier": snapshot.tier,
+        "steps": [
+            {
+                "name": step.name,
+                "roles": step.roles,
+                "approvals": step.approvals,
+                "sla": _sla_words(step.sla_seconds),
+                "escalate_to": step.escalate_to,
+                "outside_requester_team": step.outside_requester_team,
+            }
+            for step in snapshot.steps
+        ],
+        "tier_rules": _tier_rules(chain) if len(chain.tiers) > 1 else [],
+        "estimated": depends_on_target and not derived,
+        "noun": chain.target.replace("_", " "),
+        "expires_after": chain.expires_after,
+        "reverts_label": chain.params[chain.reverts_with].label if chain.reverts_with else None,
+        "reverts_at": reverts_at,
+    }
+
+
+def _missing(chain: ChainDef, clean: dict[str, str]) -> bool:
+    return any(spec.required and name not in clean for name, spec in chain.params.items())
+
+
 def _new_request_context(
     viewer: Viewer, rt: Runtime, session: Session, values: dict[str, str], errors: dict[str, str]
 ) -> dict[str, Any]:
-    action = values.get("action") or "payment.withdrawal"
-    pending = payments_repo.page(session, status="pending", kind="withdrawal", limit=200)
+    requestable = _requestable(rt, viewer)
+    action, action_problem, status = _chosen_action(
+        rt, viewer, values.get("action", ""), requestable
+    )
+    errors = dict(errors)
+    if action_problem:
+        errors["action"] = action_problem
+    chain = rt.policy.chain_definition(action) if action else None
+    fields = _param_fields(action, chain, values) if action and chain else []
+    labels = {"action": "Action", "reason": "Reason"}
+    anchors = {"action": "action", "target": "target", "reason": "reason"}
+    if action and chain:
+        labels["target"] = _target_label(action, chain)
+    for f in fields:
+        labels[f.name], anchors[f.name] = f.label, f.input_id
     return {
         **base_context(viewer, "new"),
-        "actions": [a for a in rt.policy.actions if rt.policy.may_request(viewer.principal, a)],
+        "actions": requestable,
         "action": action,
+        "chain": chain,
+        "fields": fields,
         "values": values,
         "errors": errors,
-        "payments": pending,
+        # Refusals in a list at the top, each linking to its field.
+        "error_list": [
+            (anchors.get(key, "request-form"), labels.get(key, key), message)
+            for key, message in errors.items()
+        ],
+        "status_code": status,
+        "target_label": labels.get("target", ""),
+        "payments": (
+            payments_repo.page(session, status="pending", kind="withdrawal", limit=200)
+            if action == "payment.withdrawal"
+            else []
+        ),
+        "path": _approval_path(rt, session, action, values) if action else None,
     }
+
+
+def _no_requestable_action(request: Request, viewer: Viewer) -> Response:
+    return render(
+        request,
+        "error.html",
+        {**base_context(viewer, "new"), "message": "Your roles cannot start any request."},
+        status_code=403,
+    )
 
 
 @router.get("/requests/new")
 def new_request_form(
-    request: Request,
-    viewer: ViewerDep,
-    rt: RuntimeDep,
-    session: WebSessionDep,
-    action: str = "payment.withdrawal",
-    target: str = "",
+    request: Request, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
 ) -> Response:
-    values = {"action": action, "target": target, "amount": "", "reason": ""}
-    payment = payments_repo.get(session, target) if target else None
-    if payment is not None:
-        values["amount"] = f"{payment.amount:.2f}"
+    """Prefilled from the query string: ?action=<a>&target=<id>&<param>=<value>&reason=..."""
+    values = _form_values(rt, request.query_params)
     context = _new_request_context(viewer, rt, session, values, {})
     if not context["actions"]:
-        return render(
-            request,
-            "error.html",
-            {**base_context(viewer, "new"), "message": "Your roles cannot start any request."},
-            status_code=403,
-        )
-    return render(request, "new_request.html", context)
+        return _no_requestable_action(request, viewer)
+    return render(request, "new_request.html", context, status_code=context["status_code"])
+
+
+@router.get("/requests/new/fields")
+def new_request_fields(
+    request: Request, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
+) -> Response:
+    """The fields of another action (htmx swap when the action changes)."""
+    values = _form_values(rt, request.query_params)
+    context = _new_request_context(viewer, rt, session, values, {})
+    if not context["actions"]:
+        return _no_requestable_action(request, viewer)
+    block = "action_fields" if is_htmx(request) else None
+    return render(
+        request, "new_request.html", context, status_code=context["status_code"], block=block
+    )
+
+
+@router.get("/requests/new/path")
+def new_request_path(
+    request: Request, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
+) -> Response:
+    """The approval path preview for the values as they are now."""
+    values = _form_values(rt, request.query_params)
+    context = _new_request_context(viewer, rt, session, values, {})
+    return render(
+        request,
+        "new_request.html",
+        context,
+        status_code=context["status_code"],
+        block="approval_path",
+    )
+
+
+def _refusal_fields(err: RequestError) -> dict[str, str]:
+    """Per-field messages; a refusal naming no field concerns the action (403) or the
+    target as it is now (a closed account, a request already open for it)."""
+    if err.fields:
+        return dict(err.fields)
+    if err.status == 403:
+        return {"action": err.detail}
+    if err.status in (409, 422):
+        return {"target": err.detail}
+    return {}
 
 
 @router.post("/requests/new")
 async def new_request_submit(
     request: Request, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
-    values = {key: form.get(key, "").strip() for key in ("action", "target", "amount", "reason")}
-    params = {"amount": values["amount"]} if values["amount"] else {}
+    values = _form_values(rt, form)
+    chain = rt.policy.chain_definition(values["action"])
+    params = {name: values[name] for name in (chain.params if chain else ()) if values[name]}
     try:
         created = await request_service.submit(
             rt,
@@ -358,7 +601,9 @@ async def new_request_submit(
 
         def rerender() -> HTMLResponse:
             with rt.sessions() as session:
-                context = _new_request_context(viewer, rt, session, values, refusal.fields)
+                context = _new_request_context(
+                    viewer, rt, session, values, _refusal_fields(refusal)
+                )
             context["form_error"] = refusal.detail
             block = "request_form" if is_htmx(request) else None
             return render(

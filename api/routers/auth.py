@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 
 from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of
-from api.schemas import MeOut, RefreshRequest, TokenRequest, TokenResponse
+from api.schemas import MeOut, RefreshRequest, TokenRequest, TokenResponse, scope_out
 from core.auth import AuthError, authenticate, issue_tokens, rotate_refresh_token
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
@@ -57,4 +57,5 @@ def me(caller: CallerDep, rt: RuntimeDep):
         department=caller.user.department,
         roles=sorted(caller.principal.roles),
         workspaces=[key for key, _ in rt.policy.workspaces_for(caller.principal)],
+        scope=scope_out(rt.policy.scope_of(caller.principal)),
     )

@@ -1,4 +1,4 @@
-"""Approval requests: create, list, read, decide, cancel; and the caller's task queue."""
+"""Approval requests: create, list, read, decide, cancel. The task queue is in tasks.py."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from api.schemas import (
     RequestCreate,
     RequestOut,
     RequestSummary,
-    TaskOut,
     request_out,
-    task_out,
 )
 from core import request_service
 from core.repositories import requests as requests_repo
@@ -146,30 +144,3 @@ async def cancel(
     except RequestError as err:
         raise _http(err) from None
     return await run_in_threadpool(_detail, rt, request_id)
-
-
-@router.get("/tasks", response_model=Page[TaskOut])
-def my_tasks(caller: CallerDep, session: SessionDep, cursor: str | None = None, limit: Limit = 50):
-    """Steps waiting for the caller's decision, due soonest first."""
-    after = None
-    if cursor:
-        values = decode_cursor(cursor, ("due_at", "id"))
-        try:
-            after = requests_repo.TaskCursor(
-                datetime.fromisoformat(values["due_at"]), int(values["id"])
-            )
-        except (TypeError, ValueError, AttributeError):
-            raise HTTPException(400, "invalid cursor") from None
-    rows = requests_repo.task_queue(
-        session,
-        user_id=caller.user.id,
-        roles=caller.principal.roles,
-        after=after,
-        limit=limit + 1,
-    )
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1].task
-        assert last.due_at is not None
-        next_cursor = encode_cursor({"due_at": last.due_at.isoformat(), "id": last.id})
-    return Page[TaskOut](items=[task_out(row) for row in rows[:limit]], next=next_cursor)

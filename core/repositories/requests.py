@@ -5,15 +5,37 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    cast,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
-from core.models import ApprovalRequest, Decision, Notification, Task, User
+from core.models import (
+    ApprovalRequest,
+    AuditStreamHead,
+    Decision,
+    Notification,
+    Task,
+    User,
+    UserRole,
+)
 from core.repositories.payments import OPEN_REQUEST_STATUSES
+from core.repositories.text_search import matches_any
 
 OPEN = "open"
 
@@ -75,6 +97,9 @@ class TaskRow:
     task: Task
     request: ApprovalRequest
     requester: str
+    # Who holds the task (username, display name); None when nobody has claimed it.
+    claimed_by: str | None = None
+    claimed_by_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,29 +108,93 @@ class TaskCursor:
     task_id: int
 
 
-def task_queue(
-    session: Session,
-    *,
-    user_id: int,
-    roles: Collection[str],
-    after: TaskCursor | None = None,
-    limit: int = 50,
-) -> list[TaskRow]:
-    """Open steps the user may decide on now: due soonest first."""
-    already_decided = exists().where(
-        Decision.request_id == Task.request_id, Decision.user_id == user_id
+SLA_STATES = ("on_time", "due_soon", "breached")
+CLAIM_STATES = ("mine", "unclaimed", "others")
+# A task is "due soon" once less than this share of its step's SLA is left.
+DUE_SOON_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """Narrowing of a queue; every field is optional and they combine with AND."""
+
+    action: str | None = None
+    min_amount: Decimal | None = None
+    max_amount: Decimal | None = None
+    sla: str | None = None  # one of SLA_STATES
+    older_than: timedelta | None = None  # open for at least this long
+    claim: str | None = None  # one of CLAIM_STATES, as seen by the viewer
+    task_ids: Collection[int] | None = None
+
+
+def sla_state(task: Task, now: datetime) -> str:
+    """The same three states the `sla` filter selects, for one task."""
+    if task.sla_breached_at is not None or (task.due_at is not None and task.due_at <= now):
+        return "breached"
+    if task.due_at is not None and (task.due_at - now).total_seconds() < (
+        task.sla_seconds * DUE_SOON_SHARE
+    ):
+        return "due_soon"
+    return "on_time"
+
+
+def _sla_condition(state: str, now: datetime) -> ColumnElement[bool]:
+    breached = or_(Task.sla_breached_at.is_not(None), Task.due_at <= now)
+    soon = Task.due_at - now < func.make_interval(
+        0, 0, 0, 0, 0, 0, Task.sla_seconds * DUE_SOON_SHARE
     )
+    if state == "breached":
+        return breached
+    if state == "due_soon":
+        return and_(~breached, soon)
+    return and_(~breached, ~soon)
+
+
+def _apply_filters(
+    stmt: _QueueSelect, filters: TaskFilters, viewer_id: int, now: datetime
+) -> _QueueSelect:
+    if filters.action is not None:
+        stmt = stmt.where(ApprovalRequest.action == filters.action)
+    if filters.min_amount is not None:
+        stmt = stmt.where(ApprovalRequest.amount >= filters.min_amount)
+    if filters.max_amount is not None:
+        stmt = stmt.where(ApprovalRequest.amount <= filters.max_amount)
+    if filters.sla is not None:
+        stmt = stmt.where(_sla_condition(filters.sla, now))
+    if filters.older_than is not None:
+        stmt = stmt.where(Task.opened_at <= now - filters.older_than)
+    if filters.claim == "mine":
+        stmt = stmt.where(Task.claimed_by_id == viewer_id)
+    elif filters.claim == "unclaimed":
+        stmt = stmt.where(Task.claimed_by_id.is_(None))
+    elif filters.claim == "others":
+        stmt = stmt.where(Task.claimed_by_id.is_not(None), Task.claimed_by_id != viewer_id)
+    if filters.task_ids is not None:
+        stmt = stmt.where(Task.id.in_(list(filters.task_ids) or [-1]))
+    return stmt
+
+
+def _step_excludes_requester_team() -> ColumnElement[bool]:
+    """The open step's snapshot says nobody from the requester's team may decide it."""
+    flag = (
+        ApprovalRequest.chain["steps"].op("->")(Task.step_index).op("->>")("outside_requester_team")
+    )
+    return func.coalesce(flag, "false") == "true"
+
+
+# task, its request, requester's username, holder's username and display name
+_QueueSelect = Select[Task, ApprovalRequest, str, str, str]
+
+
+def _queue_select(after: TaskCursor | None, limit: int) -> tuple[_QueueSelect, type[User]]:
+    requester = aliased(User)
+    claimer = aliased(User)
     stmt = (
-        select(Task, ApprovalRequest, User.username)
+        select(Task, ApprovalRequest, requester.username, claimer.username, claimer.display_name)
         .join(ApprovalRequest, ApprovalRequest.id == Task.request_id)
-        .join(User, User.id == ApprovalRequest.requester_id)
-        .where(
-            Task.status == OPEN,
-            ApprovalRequest.status == "pending",
-            Task.roles.overlap(list(roles) or [""]),
-            ApprovalRequest.requester_id != user_id,
-            ~already_decided,
-        )
+        .join(requester, requester.id == ApprovalRequest.requester_id)
+        .outerjoin(claimer, claimer.id == Task.claimed_by_id)
+        .where(Task.status == OPEN, ApprovalRequest.status == "pending")
         .order_by(Task.due_at, Task.id)
         .limit(limit)
     )
@@ -116,7 +205,44 @@ def task_queue(
                 and_(Task.due_at == after.due_at, Task.id > after.task_id),
             )
         )
-    return [TaskRow(task, request, requester) for task, request, requester in session.execute(stmt)]
+    return stmt, requester
+
+
+def _rows(session: Session, stmt: _QueueSelect) -> list[TaskRow]:
+    return [
+        TaskRow(task, request, requester, claimed_by, claimed_by_name)
+        for task, request, requester, claimed_by, claimed_by_name in session.execute(stmt)
+    ]
+
+
+def task_queue(
+    session: Session,
+    *,
+    user_id: int,
+    roles: Collection[str],
+    team: str | None = None,
+    filters: TaskFilters | None = None,
+    after: TaskCursor | None = None,
+    limit: int = 50,
+    now: datetime | None = None,
+) -> list[TaskRow]:
+    """Open steps the user may decide on now, whoever holds them: due soonest first.
+
+    `team` is the user's own team: a step closed to the requester's team is left out.
+    """
+    already_decided = exists().where(
+        Decision.request_id == Task.request_id, Decision.user_id == user_id
+    )
+    stmt, requester = _queue_select(after, limit)
+    stmt = stmt.where(
+        Task.roles.overlap(list(roles) or [""]),
+        ApprovalRequest.requester_id != user_id,
+        ~already_decided,
+    )
+    if team is not None:
+        stmt = stmt.where(~and_(_step_excludes_requester_team(), requester.team == team))
+    stmt = _apply_filters(stmt, filters or TaskFilters(), user_id, now or datetime.now(UTC))
+    return _rows(session, stmt)
 
 
 @dataclass(frozen=True)
@@ -125,38 +251,44 @@ class RequestCursor:
     request_id: uuid.UUID
 
 
+def created_before(cursor: RequestCursor | None) -> ColumnElement[bool] | None:
+    """Requests after this cursor in newest-first order (keyset pagination)."""
+    if cursor is None:
+        return None
+    return tuple_(ApprovalRequest.created_at, ApprovalRequest.id) < tuple_(
+        literal(cursor.created_at), literal(cursor.request_id)
+    )
+
+
 def request_page(
     session: Session,
     *,
     requester_id: int | None,
     status: str | None = None,
     action: str | None = None,
+    policy_version: str | None = None,
+    query: str | None = None,
     before: RequestCursor | None = None,
     limit: int = 50,
 ) -> list[tuple[ApprovalRequest, str]]:
-    """Newest first. `requester_id=None` lists everyone's (for roles that may see all)."""
+    """Newest first. `requester_id=None` lists everyone's (for roles that may see all);
+    `query` matches the target or the request id."""
     stmt = (
         select(ApprovalRequest, User.username)
         .join(User, User.id == ApprovalRequest.requester_id)
         .order_by(ApprovalRequest.created_at.desc(), ApprovalRequest.id.desc())
         .limit(limit)
     )
-    if requester_id is not None:
-        stmt = stmt.where(ApprovalRequest.requester_id == requester_id)
-    if status is not None:
-        stmt = stmt.where(ApprovalRequest.status == status)
-    if action is not None:
-        stmt = stmt.where(ApprovalRequest.action == action)
-    if before is not None:
-        stmt = stmt.where(
-            or_(
-                ApprovalRequest.created_at < before.created_at,
-                and_(
-                    ApprovalRequest.created_at == before.created_at,
-                    ApprovalRequest.id < before.request_id,
-                ),
-            )
-        )
+    for condition in (
+        None if requester_id is None else ApprovalRequest.requester_id == requester_id,
+        None if status is None else ApprovalRequest.status == status,
+        None if action is None else ApprovalRequest.action == action,
+        None if policy_version is None else ApprovalRequest.policy_version == policy_version,
+        matches_any(query, ApprovalRequest.target, cast(ApprovalRequest.id, String)),
+        created_before(before),
+    ):
+        if condition is not None:
+            stmt = stmt.where(condition)
     return [(request, username) for request, username in session.execute(stmt)]
 
 
@@ -374,3 +506,92 @@ def count_by_status(session: Session) -> dict[str, int]:
         select(ApprovalRequest.status, func.count()).group_by(ApprovalRequest.status)
     )
     return {status: count for status, count in rows}
+
+
+# --- the team queue and claims ----------------------------------------------------------
+
+
+def team_queue(
+    session: Session,
+    *,
+    team: str,
+    viewer_id: int,
+    filters: TaskFilters | None = None,
+    after: TaskCursor | None = None,
+    limit: int = 50,
+    now: datetime | None = None,
+) -> list[TaskRow]:
+    """Open steps some member of `team` could decide now, or that a member holds."""
+    member = aliased(User)
+    stmt, requester = _queue_select(after, limit)
+    holds_a_step_role = (
+        select(UserRole.user_id)
+        .where(UserRole.user_id == member.id, UserRole.role == func.any(Task.roles))
+        .correlate(member, Task)
+        .exists()
+    )
+    decided_already = (
+        select(Decision.id)
+        .where(Decision.request_id == Task.request_id, Decision.user_id == member.id)
+        .correlate(member, Task)
+        .exists()
+    )
+    member_could_decide = (
+        select(member.id)
+        .where(
+            member.team == team,
+            member.is_active.is_(True),
+            member.id != ApprovalRequest.requester_id,
+            holds_a_step_role,
+            ~decided_already,
+        )
+        .correlate(Task, ApprovalRequest)
+        .exists()
+    )
+    team_may_decide = and_(
+        member_could_decide,
+        ~and_(_step_excludes_requester_team(), requester.team == team),
+    )
+    held_by_member = exists().where(User.id == Task.claimed_by_id, User.team == team)
+    stmt = stmt.where(or_(team_may_decide, held_by_member))
+    stmt = _apply_filters(stmt, filters or TaskFilters(), viewer_id, now or datetime.now(UTC))
+    return _rows(session, stmt)
+
+
+def task_for_update(session: Session, task_id: int) -> Task | None:
+    """The task row, locked until the transaction ends (claims and releases serialise on it)."""
+    return session.execute(
+        select(Task)
+        .where(Task.id == task_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)  # what was read before the lock is stale
+    ).scalar_one_or_none()
+
+
+def get_task(session: Session, task_id: int) -> Task | None:
+    return session.get(Task, task_id)
+
+
+def set_claim(session: Session, task: Task, user_id: int | None, at: datetime | None) -> None:
+    task.claimed_by_id = user_id
+    task.claimed_at = at
+    session.flush()
+
+
+def lock_audit_stream(session: Session, stream: str) -> None:
+    """Lock a request's audit stream head, the row the transition recorder locks first.
+
+    Taking it before the task row keeps one lock order for claims and workflow writes.
+    """
+    session.execute(
+        select(AuditStreamHead.stream).where(AuditStreamHead.stream == stream).with_for_update()
+    )
+
+
+def task_row(session: Session, task_id: int) -> TaskRow | None:
+    """One open task as the queues show it (with its holder)."""
+    stmt, _ = _queue_select(None, 1)
+    rows = _rows(
+        session, _apply_filters(stmt, TaskFilters(task_ids=[task_id]), 0, datetime.now(UTC))
+    )
+    return rows[0] if rows else None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.models import RefreshToken, User, UserRole, WebSession
+from policies.engine import PolicyEngine
 from policies.snapshot import Principal
 
 
@@ -25,8 +27,13 @@ def roles_of(session: Session, user_id: int) -> frozenset[str]:
     return frozenset(rows)
 
 
-def principal_for(session: Session, user: User) -> Principal:
-    return Principal(user_id=user.id, username=user.username, roles=roles_of(session, user.id))
+def principal_for(session: Session, user: User, policy: PolicyEngine | None = None) -> Principal:
+    """The user as the policy engine sees them; with `policy`, carrying their merged scope."""
+    roles = roles_of(session, user.id)
+    principal = Principal(user_id=user.id, username=user.username, roles=roles)
+    if policy is None:
+        return principal
+    return replace(principal, scope=policy.scope_of(principal))
 
 
 def usernames(session: Session, user_ids: Iterable[int]) -> dict[int, str]:

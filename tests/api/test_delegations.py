@@ -89,6 +89,8 @@ async def test_a_delegate_decides_for_the_director_and_both_are_named(
         headers=await tokens.headers("fin.manager"),
     )
     assert first.status_code == 200, first.text
+    queue = await api.get("/api/v1/tasks?limit=200", headers=await tokens.headers(peer))
+    assert request_id in [t["request_id"] for t in queue.json()["items"]]
     second = await api.post(
         f"/api/v1/requests/{request_id}/decision",
         json={"decision": "approve", "comment": "covering for the director"},
@@ -326,7 +328,9 @@ async def test_the_page_delegates_shows_and_revokes(web, sessions, finance_pair)
     assert created.status_code == 200  # followed the redirect back to the page
     assert "Your delegations" in created.text
     assert "Active" in created.text
-    delegation_id = int(re.search(r'id="delegation-(\d+)"', created.text).group(1))
+    row = re.search(r'id="delegation-(\d+)"', created.text)
+    assert row, created.text
+    delegation_id = int(row.group(1))
 
     revoked = await web.post(f"/delegations/{delegation_id}/revoke", data={"csrf_token": csrf})
     assert revoked.status_code == 200

@@ -61,3 +61,17 @@
     if (toast) toast.innerHTML = '<div class="toast" role="alert">Request failed (' + evt.detail.xhr.status + "). Please retry.</div>";
   });
 })();
+// The bulk selection (checkboxes tied to #bulk-form) survives live refreshes of its rows.
+(function () {
+  var ticked = null;
+  function selection() { return document.querySelectorAll('input[form="bulk-form"]'); }
+  document.addEventListener("htmx:beforeSwap", function () {
+    ticked = Array.prototype.filter.call(selection(), function (el) { return el.checked; })
+      .map(function (el) { return el.value; });
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    if (!ticked) return;
+    selection().forEach(function (el) { if (ticked.indexOf(el.value) >= 0) el.checked = true; });
+    ticked = null;
+  });
+})();
