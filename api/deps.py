@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -86,6 +86,19 @@ def require(rt: Runtime, principal: Principal, permission: str) -> None:
 
 def encode_cursor(values: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+# The largest id PostgreSQL's bigint holds: larger ones are refused before any query.
+MAX_ROW_ID = 2**63 - 1
+PathRowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
+
+def row_id(value: object) -> int:
+    """An id as typed or sent back in a form or cursor; ValueError unless it could exist."""
+    number = int(str(value))
+    if not 1 <= number <= MAX_ROW_ID:
+        raise ValueError(f"{number} is not an id")
+    return number
 
 
 def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:

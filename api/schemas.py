@@ -5,30 +5,45 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
+from api.deps import MAX_ROW_ID
 from core.models import ApprovalRequest, AuditEvent, Task
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
+from core.request_service import CONTROL_CHARACTERS
 from policies.snapshot import DataScope
 
 T = TypeVar("T")
 
 
-class _In(BaseModel):
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+
+
+class InputModel(BaseModel):
+    """A request body: unknown keys refused, and no text that PostgreSQL cannot store
+    (NUL) or that hides what it says (control characters)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("*")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and CONTROL_CHARACTERS.intersection(value):
+            raise ValueError("contains control characters")
+        return value
 
-class TokenRequest(_In):
+
+class TokenRequest(InputModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=256)
     totp: str | None = Field(default=None, max_length=16)
 
 
-class RefreshRequest(_In):
+class RefreshRequest(InputModel):
     refresh_token: str = Field(min_length=1, max_length=4096)
 
 
@@ -49,19 +64,19 @@ class MeOut(BaseModel):
     scope: ScopeOut
 
 
-class RequestCreate(_In):
+class RequestCreate(InputModel):
     action: str = Field(min_length=1, max_length=64, examples=["payment.withdrawal"])
     target: str = Field(min_length=1, max_length=64, examples=["PAY-0000001"])
     params: dict[str, Any] = Field(default_factory=dict, examples=[{"amount": "2500.00"}])
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class DecisionCreate(_In):
+class DecisionCreate(InputModel):
     decision: Literal["approve", "reject"]
     comment: str = Field(default="", max_length=2000)
 
 
-class CancelCreate(_In):
+class CancelCreate(InputModel):
     reason: str = Field(default="", max_length=2000)
 
 

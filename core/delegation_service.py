@@ -20,6 +20,7 @@ from core.repositories import users as users_repo
 from core.repositories.delegations import DelegationRow
 from core.request_service import RequestError, text_problem
 from core.runtime import Runtime
+from core.times import as_utc
 from policies.rules import check_delegation, check_revoke_delegation
 from policies.snapshot import Principal
 from workflows.contracts import Origin
@@ -28,6 +29,8 @@ MANAGE_ALL = "delegations:manage_all"
 MAX_REASON = 2000
 # A start a little in the past is "now" typed slowly, not a backdated delegation.
 START_GRACE = timedelta(minutes=5)
+# Leave can be planned ahead, but not further than this.
+FURTHEST_START = timedelta(days=365)
 
 _STATUS_BY_CODE = {
     "self_delegation": 422,
@@ -48,6 +51,11 @@ class NewDelegation:
     starts_at: datetime | None = None
     # Someone else's approvals, for holders of delegations:manage_all (an absent director).
     delegator: str | None = None
+
+
+def peers(rt: Runtime, session: Session, user: User) -> list[User]:
+    """Whom this person may name as a delegate: active people of their departments."""
+    return delegations_repo.peers(session, _departments(rt, session, user), user.id)
 
 
 def _departments(rt: Runtime, session: Session, user: User) -> set[str]:
@@ -72,10 +80,6 @@ def _active_user(session: Session, username: str, field_name: str) -> User:
             422, f"no active user named '{username.strip()}'", {field_name: "unknown user"}
         )
     return user
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _snapshot(row: Delegation, delegator: str, delegate: str) -> dict[str, str | None]:
@@ -125,10 +129,14 @@ def create(rt: Runtime, principal: Principal, new: NewDelegation, origin: Origin
             422, f"reason: {problem or 'say why'}", {"reason": problem or "required"}
         )
     now = datetime.now(UTC)
-    starts_at = _aware(new.starts_at) if new.starts_at else now
-    ends_at = _aware(new.ends_at)
+    starts_at = as_utc(new.starts_at) if new.starts_at else now
+    ends_at = as_utc(new.ends_at)
     if starts_at < now - START_GRACE:
         raise RequestError(422, "a delegation cannot start in the past", {"starts_at": "past"})
+    if starts_at > now + FURTHEST_START:
+        raise RequestError(
+            422, "a delegation can start at most a year from now", {"starts_at": "too far"}
+        )
     if ends_at <= starts_at:
         raise RequestError(422, "the end must come after the start", {"ends_at": "before start"})
     with rt.sessions() as session:
@@ -152,6 +160,7 @@ def create(rt: Runtime, principal: Principal, new: NewDelegation, origin: Origin
         )
         if not verdict:
             raise RequestError(_STATUS_BY_CODE.get(verdict.code, 403), verdict.reason)
+        delegations_repo.lock_people(session, delegator.id, delegate.id)
         clash = delegations_repo.overlapping(session, delegator.id, starts_at, ends_at)
         if clash is not None:
             raise RequestError(
@@ -188,8 +197,9 @@ def create(rt: Runtime, principal: Principal, new: NewDelegation, origin: Origin
             delegate.username,
             None,
         )
+        created_id = row.id
         session.commit()
-        return row.id
+        return created_id
 
 
 def visible(

@@ -44,6 +44,7 @@ from workflows.contracts import (
 )
 
 MAX_REASON = 2000
+VIEW_ALL = "requests:view_all"
 WORKFLOW_ANSWER_TIMEOUT = 15.0
 MAX_COMMENT = 2000
 
@@ -124,14 +125,14 @@ def _check_field_target(
         raise RequestError(409, str(refused), {"target": str(refused)}) from None
 
 
-_CONTROL_CHARACTERS = {chr(c) for c in range(32)} - {"\n", "\r", "\t"} | {"\x7f"}
+CONTROL_CHARACTERS = {chr(c) for c in range(32)} - {"\n", "\r", "\t"} | {"\x7f"}
 
 
 def text_problem(value: str, limit: int) -> str | None:
     """Why free text cannot be stored (PostgreSQL refuses NUL; control characters hide text)."""
     if len(value) > limit:
         return f"at most {limit} characters"
-    if any(ch in _CONTROL_CHARACTERS for ch in value):
+    if any(ch in CONTROL_CHARACTERS for ch in value):
         return "contains control characters"
     return None
 
@@ -240,11 +241,19 @@ def visible_request(
     request = requests_repo.get(session, request_id)
     if request is None:
         raise RequestError(404, "request not found")
-    if rt.policy.authorize(principal, "requests:view_all"):
+    if rt.policy.authorize(principal, VIEW_ALL):
         return request
-    if not requests_repo.can_view(session, request, principal.user_id, principal.roles):
+    roles = decider_roles(session, principal)
+    if not requests_repo.can_view(session, request, principal.user_id, roles):
         raise RequestError(404, "request not found")
     return request
+
+
+def decider_roles(session: Session, principal: Principal) -> frozenset[str]:
+    """Roles whose steps this person may see and decide now: their own, and those of anyone
+    they stand in for under an active delegation."""
+    delegated = delegations_repo.active_for_delegate(session, principal.user_id, datetime.now(UTC))
+    return principal.roles.union(*(d.delegator_roles for d in delegated))
 
 
 @dataclass(frozen=True)

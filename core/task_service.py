@@ -23,7 +23,6 @@ from core.approvals import request_stream
 from core.db import transaction
 from core.events import notify_request_changed
 from core.models import ApprovalRequest, Task, User
-from core.repositories import delegations as delegations_repo
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
 from core.repositories.requests import CLAIM_STATES, SLA_STATES, TaskFilters
@@ -41,6 +40,10 @@ SCOPES = ("mine", "team")
 
 # --- filters -------------------------------------------------------------------------
 
+# Beyond these no task can match, and the database could not compare them anyway.
+LARGEST_FILTER_AMOUNT = Decimal("10000000000000")
+LONGEST_FILTER_AGE = timedelta(days=3650)
+
 
 def _amount(name: str, raw: str | None, errors: dict[str, str]) -> Decimal | None:
     if raw is None or not raw.strip():
@@ -50,8 +53,8 @@ def _amount(name: str, raw: str | None, errors: dict[str, str]) -> Decimal | Non
     except InvalidOperation:
         errors[name] = "must be a number"
         return None
-    if not value.is_finite() or value < 0:
-        errors[name] = "must be a number of zero or more"
+    if not value.is_finite() or not 0 <= value <= LARGEST_FILTER_AMOUNT:
+        errors[name] = f"must be a number from 0 to {LARGEST_FILTER_AMOUNT:,}"
         return None
     return value
 
@@ -87,6 +90,9 @@ def parse_filters(
             age = parse_duration(older_than.strip())
         except ValueError:
             errors["older_than"] = "must be a duration like 30m, 4h or 2d"
+        else:
+            if age > LONGEST_FILTER_AGE.total_seconds():
+                errors["older_than"] = f"must be at most {LONGEST_FILTER_AGE.days} days"
     if errors:
         raise RequestError(422, "; ".join(f"{k} {v}" for k, v in errors.items()), errors)
     return TaskFilters(
@@ -337,14 +343,8 @@ async def bulk_decide(
 # --- the queues -------------------------------------------------------------------------
 
 
-def decider_roles(session: Session, principal: Principal) -> frozenset[str]:
-    """Roles whose steps this person may decide now: their own, and those of anyone they
-    stand in for under an active delegation."""
-    delegated = delegations_repo.active_for_delegate(session, principal.user_id, datetime.now(UTC))
-    return principal.roles.union(*(d.delegator_roles for d in delegated))
-
-
 def queue_rows(
+    rt: Runtime,
     session: Session,
     user: User,
     principal: Principal,
@@ -359,13 +359,20 @@ def queue_rows(
     if scope == "team":
         if not user.team:
             raise RequestError(422, "you are in no team, so there is no team queue")
+        sees_all = rt.policy.authorize(principal, request_service.VIEW_ALL)
         return requests_repo.team_queue(
-            session, team=user.team, viewer_id=user.id, filters=filters, after=after, limit=limit
+            session,
+            team=user.team,
+            viewer_id=user.id,
+            viewer_roles=None if sees_all else request_service.decider_roles(session, principal),
+            filters=filters,
+            after=after,
+            limit=limit,
         )
     return requests_repo.task_queue(
         session,
         user_id=user.id,
-        roles=decider_roles(session, principal),
+        roles=request_service.decider_roles(session, principal),
         team=user.team,
         filters=filters,
         after=after,

@@ -9,13 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from api.deps import RuntimeDep, origin_of
+from api.deps import PathRowId, RuntimeDep, origin_of
 from core import delegation_service
 from core.delegation_service import MANAGE_ALL, NewDelegation
 from core.models import User
-from core.repositories import delegations as delegations_repo
 from core.request_service import RequestError
 from core.runtime import Runtime
+from core.times import parse_utc
 from web.routes import FormDep, Viewer, ViewerDep, base_context, render
 
 router = APIRouter(include_in_schema=False)
@@ -31,12 +31,7 @@ def _context(rt: Runtime, viewer: Viewer, values: dict[str, str]) -> dict[str, A
         rows = delegation_service.listing(
             rt, session, viewer.principal, everyone=manages_all, before_id=None, limit=LIST_SIZE
         )
-        departments = {me.department} | {
-            rt.policy.roles.roles[role].department
-            for role in viewer.principal.roles
-            if role in rt.policy.roles.roles
-        }
-        peers = delegations_repo.peers(session, departments, me.id)
+        peers = delegation_service.peers(rt, session, me)
     mine = viewer.user.username
     return {
         **base_context(viewer, "delegations"),
@@ -78,14 +73,13 @@ def _parse_utc(value: str, field_name: str, required: bool) -> datetime | None:
             )
         return None
     try:
-        parsed = datetime.fromisoformat(value.strip())
+        return parse_utc(value)
     except ValueError:
         raise RequestError(
             422,
             f"{field_name.replace('_', ' ')} must be a date and time",
             {field_name: "not a time"},
         ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @router.post("/delegations")
@@ -118,7 +112,7 @@ async def create_delegation(
 
 @router.post("/delegations/{delegation_id}/revoke")
 async def revoke_delegation(
-    request: Request, delegation_id: int, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+    request: Request, delegation_id: PathRowId, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
     def revoke() -> Response:
         try:

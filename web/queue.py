@@ -11,9 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from api.deps import RuntimeDep, origin_of
+from api.deps import PathRowId, RuntimeDep, origin_of, row_id
 from api.schemas import TaskOut, task_out
-from core import task_service
+from core import request_service, task_service
 from core.repositories import requests as requests_repo
 from core.repositories.requests import TaskFilters, TaskRow
 from core.request_service import RequestError
@@ -57,7 +57,7 @@ def _row_views(
         mine = requests_repo.task_queue(
             session,
             user_id=viewer.user.id,
-            roles=task_service.decider_roles(session, viewer.principal),
+            roles=request_service.decider_roles(session, viewer.principal),
             team=viewer.user.team,
             filters=TaskFilters(task_ids=[row.task.id for row in rows]),
             limit=len(rows) or 1,
@@ -108,7 +108,7 @@ def _queue_context(
     try:
         filters = task_service.parse_filters(rt, **values)
         rows = task_service.queue_rows(
-            session, viewer.user, viewer.principal, view, filters, limit=QUEUE_LIMIT
+            rt, session, viewer.user, viewer.principal, view, filters, limit=QUEUE_LIMIT
         )
     except RequestError as err:
         context["errors"] = err.fields
@@ -139,7 +139,7 @@ def _row(
     session: Session,
     rt: Runtime,
     viewer: Viewer,
-    task_id: int,
+    task_id: PathRowId,
     view: str,
     error: str | None = None,
     status_code: int = 200,
@@ -147,13 +147,23 @@ def _row(
     """The row of one task: open (with who holds it), or what became of its request."""
     try:
         rows = task_service.queue_rows(
-            session, viewer.user, viewer.principal, view, TaskFilters(task_ids=[task_id]), limit=1
+            rt,
+            session,
+            viewer.user,
+            viewer.principal,
+            view,
+            TaskFilters(task_ids=[task_id]),
+            limit=1,
         )
     except RequestError:
         rows = []
     if not rows:
         task = requests_repo.get_task(session, task_id)
-        if task is None:
+        try:
+            if task is None:
+                raise RequestError(404, "task not found")
+            request_service.visible_request(session, rt, viewer.principal, task.request_id)
+        except RequestError:  # the same answer whether it is absent or not yours to see
             return render(request, "_toast.html", {"message": "task not found"}, 404)
         return _task_row(request, session, rt, viewer, task.request_id, error, status_code)
     context = {
@@ -168,7 +178,7 @@ def _row(
 @router.get("/tasks/{task_id}/row")
 def task_row(
     request: Request,
-    task_id: int,
+    task_id: PathRowId,
     viewer: ViewerDep,
     rt: RuntimeDep,
     session: WebSessionDep,
@@ -180,7 +190,7 @@ def task_row(
 
 async def _claim_command(
     request: Request,
-    task_id: int,
+    task_id: PathRowId,
     viewer: Viewer,
     form: dict[str, str],
     rt: Runtime,
@@ -202,14 +212,14 @@ async def _claim_command(
 
 @router.post("/tasks/{task_id}/claim")
 async def claim(
-    request: Request, task_id: int, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+    request: Request, task_id: PathRowId, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
     return await _claim_command(request, task_id, viewer, form, rt, task_service.claim)
 
 
 @router.post("/tasks/{task_id}/release")
 async def release(
-    request: Request, task_id: int, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
+    request: Request, task_id: PathRowId, viewer: ViewerDep, form: FormDep, rt: RuntimeDep
 ) -> Response:
     return await _claim_command(request, task_id, viewer, form, rt, task_service.release)
 
@@ -224,7 +234,7 @@ async def bulk_decision(
     context: dict[str, Any] = {"bulk_error": None, "problems": [], "outcomes": []}
     status_code = 200
     try:
-        task_ids = [int(value) for value in raw_ids]
+        task_ids = [row_id(value) for value in raw_ids]
     except ValueError:
         context["bulk_error"] = "the selection is not a list of tasks; reload the page"
         return render(request, "tasks.html", context, status_code=422, block="bulk_result")

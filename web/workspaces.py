@@ -27,6 +27,7 @@ from core.models import Affiliate, BonusCampaign, Game, Player, RiskRule
 from core.repositories import platform as platform_repo
 from core.repositories import requests as requests_repo
 from core.runtime import Runtime
+from core.times import parse_utc
 from policies.engine import within_scope
 from policies.snapshot import EVERY, DataScope
 from web.routes import PAGE_SIZE, Viewer, ViewerDep, WebSessionDep, base_context, render
@@ -479,10 +480,9 @@ def _parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_utc(value)
     except ValueError:
         raise BadInput("Times must look like 2026-11-23T10:00 (UTC).") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def list_audit(ctx: ListContext) -> Listing:

@@ -336,6 +336,14 @@ class ApprovalWorkflow:
 
     async def _execute(self) -> None:
         request = self._request
+        revert_at = self._revert_at()
+        if revert_at is not None and revert_at <= workflow.now():
+            self._outcome = (
+                f"not applied: approved after its end time ({revert_at:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+            self._status = FAILED
+            await self._record("failed", data={"error": self._outcome})
+            return
         try:
             result = await workflow.execute_activity_method(
                 ApprovalActivities.execute_action,
@@ -352,7 +360,6 @@ class ApprovalWorkflow:
             return
         self._outcome = result.summary
         self._status = EXECUTED
-        revert_at = self._revert_at()
         await self._record(
             "executed",
             data={

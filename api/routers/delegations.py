@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of
-from api.schemas import Page, _In
+from api.deps import MAX_ROW_ID, CallerDep, PathRowId, RuntimeDep, SessionDep, origin_of
+from api.schemas import InputModel, Page
 from core import delegation_service
 from core.delegation_service import NewDelegation
 from core.repositories.delegations import DelegationRow, DelegationState
@@ -19,7 +19,7 @@ from core.request_service import RequestError
 router = APIRouter(prefix="/api/v1", tags=["delegations"])
 
 
-class DelegationCreate(_In):
+class DelegationCreate(InputModel):
     delegate: str = Field(min_length=1, max_length=64, examples=["fin.manager2"])
     ends_at: datetime = Field(examples=["2026-12-01T18:00:00Z"])
     starts_at: datetime | None = Field(default=None, description="now when omitted")
@@ -91,7 +91,7 @@ def list_delegations(
     rt: RuntimeDep,
     session: SessionDep,
     everyone: bool = False,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ):
     """Delegations you gave or received, newest first; `everyone` for managers."""
@@ -109,7 +109,7 @@ def list_delegations(
 
 
 @router.get("/delegations/{delegation_id}", response_model=DelegationOut)
-def get_delegation(delegation_id: int, caller: CallerDep, rt: RuntimeDep):
+def get_delegation(delegation_id: PathRowId, caller: CallerDep, rt: RuntimeDep):
     try:
         return _get(rt, caller, delegation_id)
     except RequestError as err:
@@ -118,7 +118,7 @@ def get_delegation(delegation_id: int, caller: CallerDep, rt: RuntimeDep):
 
 @router.post("/delegations/{delegation_id}/revoke", response_model=DelegationOut)
 async def revoke_delegation(
-    delegation_id: int, request: Request, caller: CallerDep, rt: RuntimeDep
+    delegation_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep
 ):
     """End a delegation now, or cancel one that has not started."""
     try:

@@ -11,8 +11,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from api.deps import CallerDep, RuntimeDep, SessionDep, decode_cursor, encode_cursor, origin_of
-from api.schemas import Page, TaskOut, _In, task_out
+from api.deps import (
+    CallerDep,
+    PathRowId,
+    RuntimeDep,
+    SessionDep,
+    decode_cursor,
+    encode_cursor,
+    origin_of,
+    row_id,
+)
+from api.schemas import InputModel, Page, RowId, TaskOut, task_out
 from core import task_service
 from core.repositories import requests as requests_repo
 from core.request_service import MAX_COMMENT, RequestError
@@ -23,8 +32,8 @@ router = APIRouter(prefix="/api/v1", tags=["tasks"])
 Limit = Annotated[int, Query(ge=1, le=200)]
 
 
-class BulkDecisionCreate(_In):
-    task_ids: list[int] = Field(min_length=1, max_length=MAX_BULK_ITEMS)
+class BulkDecisionCreate(InputModel):
+    task_ids: list[RowId] = Field(min_length=1, max_length=MAX_BULK_ITEMS)
     decision: Literal["approve", "reject"]
     comment: str = Field(default="", max_length=MAX_COMMENT)
 
@@ -53,7 +62,9 @@ def _cursor(cursor: str | None) -> requests_repo.TaskCursor | None:
         return None
     values = decode_cursor(cursor, ("due_at", "id"))
     try:
-        return requests_repo.TaskCursor(datetime.fromisoformat(values["due_at"]), int(values["id"]))
+        return requests_repo.TaskCursor(
+            datetime.fromisoformat(values["due_at"]), row_id(values["id"])
+        )
     except (TypeError, ValueError, AttributeError):
         raise HTTPException(400, "invalid cursor") from None
 
@@ -88,7 +99,7 @@ def list_tasks(
             claim=claim,
         )
         rows = task_service.queue_rows(
-            session, caller.user, caller.principal, scope, filters, after, limit + 1
+            rt, session, caller.user, caller.principal, scope, filters, after, limit + 1
         )
     except RequestError as err:
         raise _http(err) from None
@@ -103,12 +114,13 @@ def list_tasks(
 def _task(rt: RuntimeDep, task_id: int) -> TaskOut:
     with rt.sessions() as session:
         row = requests_repo.task_row(session, task_id)
-        assert row is not None
+        if row is None:  # decided or expired between the change and this read
+            raise HTTPException(409, "the task closed meanwhile; it is no longer open")
         return task_out(row)
 
 
 @router.post("/tasks/{task_id}/claim", response_model=TaskOut)
-async def claim_task(task_id: int, request: Request, caller: CallerDep, rt: RuntimeDep):
+async def claim_task(task_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep):
     """Take a task you could decide now; others see it as taken by you. 409 if someone
     else holds it."""
     try:
@@ -121,7 +133,7 @@ async def claim_task(task_id: int, request: Request, caller: CallerDep, rt: Runt
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskOut)
-async def release_task(task_id: int, request: Request, caller: CallerDep, rt: RuntimeDep):
+async def release_task(task_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep):
     """Give a task back. Only its holder, or a holder of `tasks:reassign`, may."""
     try:
         await run_in_threadpool(

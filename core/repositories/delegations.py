@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from core.models import Delegation, User, UserRole
@@ -55,6 +55,9 @@ def active_for_delegate(
         )
     return result
 
+
+# First key of the advisory locks taken on a person's delegations (the second is their id).
+DELEGATION_LOCK_SPACE = 0x44454C  # "DEL"
 
 DelegationState = Literal["scheduled", "active", "ended", "revoked"]
 
@@ -111,6 +114,13 @@ def lock(session: Session, delegation_id: int) -> Delegation | None:
     return session.execute(
         select(Delegation).where(Delegation.id == delegation_id).with_for_update()
     ).scalar_one_or_none()
+
+
+def lock_people(session: Session, *user_ids: int) -> None:
+    """Serialise changes to these people's delegations until the transaction ends (ids in
+    order, so two transactions locking the same pair cannot deadlock)."""
+    for user_id in sorted(set(user_ids)):
+        session.execute(select(func.pg_advisory_xact_lock(DELEGATION_LOCK_SPACE, user_id)))
 
 
 def overlapping(

@@ -74,19 +74,29 @@ def pending_for_target(session: Session, action: str, target: str) -> ApprovalRe
     return session.execute(stmt.limit(1)).scalar_one_or_none()
 
 
+def visible_to(user_id: int, roles: Collection[str]) -> ColumnElement[bool]:
+    """SQL: the request is this person's, holds a step for one of their roles, or they
+    decided on it."""
+    step = aliased(Task)
+    approver = select(step.id).where(
+        step.request_id == ApprovalRequest.id, step.roles.overlap(list(roles) or [""])
+    )
+    decided = select(Decision.id).where(
+        Decision.request_id == ApprovalRequest.id, Decision.user_id == user_id
+    )
+    return or_(
+        ApprovalRequest.requester_id == user_id,
+        approver.correlate(ApprovalRequest).exists(),
+        decided.correlate(ApprovalRequest).exists(),
+    )
+
+
 def can_view(
     session: Session, request: ApprovalRequest, user_id: int, roles: Collection[str]
 ) -> bool:
     """The requester, anyone who holds a role of one of its steps, or who decided on it."""
-    if request.requester_id == user_id:
-        return True
-    approver = select(Task.id).where(
-        Task.request_id == request.id, Task.roles.overlap(list(roles) or [""])
-    )
-    decided = select(Decision.id).where(
-        Decision.request_id == request.id, Decision.user_id == user_id
-    )
-    return bool(session.execute(select(exists(approver) | exists(decided))).scalar())
+    stmt = select(exists().where(ApprovalRequest.id == request.id, visible_to(user_id, roles)))
+    return bool(session.execute(stmt).scalar())
 
 
 # --- lists ---------------------------------------------------------------------------
@@ -516,12 +526,14 @@ def team_queue(
     *,
     team: str,
     viewer_id: int,
+    viewer_roles: Collection[str] | None,
     filters: TaskFilters | None = None,
     after: TaskCursor | None = None,
     limit: int = 50,
     now: datetime | None = None,
 ) -> list[TaskRow]:
-    """Open steps some member of `team` could decide now, or that a member holds."""
+    """Open steps some member of `team` could decide now, or that a member holds; only of
+    requests the viewer may see (`viewer_roles` None: every request)."""
     member = aliased(User)
     stmt, requester = _queue_select(after, limit)
     holds_a_step_role = (
@@ -554,6 +566,8 @@ def team_queue(
     )
     held_by_member = exists().where(User.id == Task.claimed_by_id, User.team == team)
     stmt = stmt.where(or_(team_may_decide, held_by_member))
+    if viewer_roles is not None:
+        stmt = stmt.where(visible_to(viewer_id, viewer_roles))
     stmt = _apply_filters(stmt, filters or TaskFilters(), viewer_id, now or datetime.now(UTC))
     return _rows(session, stmt)
 

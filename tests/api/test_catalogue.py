@@ -580,6 +580,31 @@ async def test_a_temporary_vip_change_reverts_at_its_end_time(api, tokens, sessi
     assert audit_actions(sessions, request_id)[-1] == "request.reverted"
 
 
+async def test_a_temporary_change_approved_after_its_end_changes_nothing(
+    api, tokens, sessions, platform
+):
+    target = platform.player(vip_tier="bronze")
+    until = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    created = await submit(
+        api,
+        tokens,
+        "crm.manager",
+        "player.vip_change",
+        target,
+        {"vip_tier": "gold", "until": until},
+    )
+    assert created.status_code == 201, created.text
+    request_id = created.json()["id"]
+    await asyncio.sleep(2.5)
+    assert (await decide(api, tokens, "crm.lead", request_id)).status_code == 200
+    failed = await wait_for(
+        api, tokens, "crm.manager", request_id, lambda r: r["status"] == "failed"
+    )
+    assert "approved after its end time" in failed["outcome"]
+    assert platform.row(Player, target).vip_tier == "bronze"
+    assert changes_for(sessions, request_id) == []
+
+
 async def test_a_delegate_approves_for_an_absent_director_once(
     api, tokens, sessions, new_withdrawal, make_user
 ):

@@ -6,6 +6,7 @@ record names both; revocation ends it at once; every refusal writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from api.app import create_app
-from core.models import AuditEvent, Delegation
+from core.models import AuditEvent, Delegation, User
 
 HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -191,6 +192,21 @@ BAD_DELEGATIONS = [
         "past",
     ),
     ("longer than 90 days", lambda d, p: {"ends_at": iso(timedelta(days=91))}, 422, "90 days"),
+    (
+        "starts over a year ahead",
+        lambda d, p: {"starts_at": iso(timedelta(days=400)), "ends_at": iso(timedelta(days=401))},
+        422,
+        "a year",
+    ),
+    (
+        "past the calendar's end in UTC",
+        lambda d, p: {
+            "starts_at": "9999-12-31T00:00:00-14:00",
+            "ends_at": "9999-12-31T23:00:00-14:00",
+        },
+        422,
+        "a year",
+    ),
     ("blank reason", lambda d, p: {"reason": "   "}, 422, "reason"),
     ("reason with NUL", lambda d, p: {"reason": "a\x00b"}, 422, "control characters"),
 ]
@@ -241,6 +257,8 @@ async def test_refusals_that_depend_on_who_and_when(api, tokens, sessions, finan
         b'{"delegate": "x", "reason": "r", "ends_at": "next tuesday"}',
         b'{"delegate": 5, "reason": "r", "ends_at": "2030-01-01T00:00:00Z"}',
         b'{"delegate": "x", "reason": "r", "ends_at": "2030-01-01T00:00:00Z", "extra": 1}',
+        b'{"delegate": "a\\u0000b", "reason": "r", "ends_at": "2030-01-01T00:00:00Z"}',
+        b'{"delegate": "x", "delegator": "\\u0007", "reason": "r", "ends_at": "2030-01-01"}',
     ],
 )
 async def test_malformed_bodies_are_422(api, tokens, sessions, payload):
@@ -369,3 +387,71 @@ async def test_the_delegate_sees_whom_they_decide_for(
     assert "Level 2 of 2" in page.text or "level 2 of 2" in page.text
     assert "Approved</strong> by fin.manager" in page.text
     assert "fine" in page.text
+
+
+async def test_concurrent_delegations_by_one_person_leave_one(api, tokens, sessions, make_user):
+    director = make_user(("finance.director",), "fin-mgmt", "finance")
+    peers = [make_user(("finance.manager",), "fin-treasury", "finance") for _ in range(4)]
+    ends = iso(timedelta(days=3))
+    answers = await asyncio.gather(
+        *(
+            delegate(api, tokens, director, {"delegate": p, "ends_at": ends, "reason": "away"})
+            for p in peers
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409, 409, 409]
+    with sessions() as session:
+        kept = session.execute(
+            select(func.count())
+            .select_from(Delegation)
+            .join(User, User.id == Delegation.delegator_id)
+            .where(User.username == director)
+        ).scalar_one()
+    assert kept == 1
+
+
+async def test_two_people_cannot_stand_in_for_each_other(api, tokens, make_user):
+    first = make_user(("finance.manager",), "fin-payouts", "finance")
+    second = make_user(("finance.manager",), "fin-treasury", "finance")
+    ends = iso(timedelta(days=3))
+    answers = await asyncio.gather(
+        delegate(api, tokens, first, {"delegate": second, "ends_at": ends, "reason": "x"}),
+        delegate(api, tokens, second, {"delegate": first, "ends_at": ends, "reason": "x"}),
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409]
+
+
+async def test_a_delegate_without_a_role_on_the_chain_opens_claims_and_decides(
+    api, tokens, new_withdrawal, make_user
+):
+    manager = make_user(("finance.manager",), "fin-payouts", "finance")
+    analyst = make_user(("finance.reconciliation_analyst",), "fin-recon", "finance")
+    created = await delegate(
+        api,
+        tokens,
+        manager,
+        {"delegate": analyst, "ends_at": iso(timedelta(days=1)), "reason": "x"},
+    )
+    assert created.status_code == 201, created.text
+    request = await api.post(
+        "/api/v1/requests",
+        json={
+            "action": "payment.withdrawal",
+            "target": new_withdrawal("2500.00"),
+            "params": {},
+            "reason": "payout",
+        },
+        headers=await tokens.headers("fin.clerk"),
+    )
+    request_id = request.json()["id"]
+    headers = await tokens.headers(analyst)
+    assert (await api.get(f"/api/v1/requests/{request_id}", headers=headers)).status_code == 200
+    queue = await api.get("/api/v1/tasks?limit=200", headers=headers)
+    task = next(t for t in queue.json()["items"] if t["request_id"] == request_id)
+    claimed = await api.post(f"/api/v1/tasks/{task['task_id']}/claim", headers=headers)
+    assert claimed.status_code == 200, claimed.text
+    decided = await api.post(
+        f"/api/v1/requests/{request_id}/decision", json={"decision": "approve"}, headers=headers
+    )
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["decisions"][0]["on_behalf_of"] == manager

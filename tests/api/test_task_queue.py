@@ -285,12 +285,19 @@ async def test_team_queue_shows_a_teammates_claim_and_not_another_teams_work(
     task_id = await task_of(api, tokens, "ops.lead", suspend["id"])
     assert (await claim(api, tokens, "ops.lead", task_id)).status_code == 200
 
-    # ops.agent cannot decide it, but a teammate (ops.lead, team ops-desk) holds it.
-    assert await item_for(api, tokens, "ops.agent", suspend["id"]) is None
-    seen = await item_for(api, tokens, "ops.agent", suspend["id"], scope="team")
+    # A teammate of ops.lead (team ops-desk) who may decide it sees who holds it.
+    teammate = new_user(sessions, "operations.lead", "ops-desk")
+    seen = await item_for(api, tokens, teammate, suspend["id"], scope="team")
     assert seen is not None and seen["claimed_by"] == "ops.lead"
+    # ops.agent is in that team but may not open the request, so it is not listed.
+    assert await item_for(api, tokens, "ops.agent", suspend["id"]) is None
+    assert await item_for(api, tokens, "ops.agent", suspend["id"], scope="team") is None
+    hidden = await api.get(
+        f"/api/v1/requests/{suspend['id']}", headers=await tokens.headers("ops.agent")
+    )
+    assert hidden.status_code == 404
     # risk.lead's team can decide it too, and sees who holds it.
-    risk_view = await item_for(api, tokens, "risk.analyst", suspend["id"], scope="team")
+    risk_view = await item_for(api, tokens, "risk.lead", suspend["id"], scope="team")
     assert risk_view is not None and risk_view["claimed_by"] == "ops.lead"
     # Neither appears in a team that can decide neither.
     assert await item_for(api, tokens, "trading.lead", suspend["id"], scope="team") is None
@@ -384,6 +391,9 @@ async def test_each_filter_narrows_and_due_soonest_comes_first(
         ({"min_amount": "500", "max_amount": "100"}, "max_amount"),
         ({"sla": "late"}, "sla"),
         ({"older_than": "yesterday"}, "older_than"),
+        ({"older_than": "1000000d"}, "older_than"),
+        ({"older_than": "99999999999999d"}, "older_than"),
+        ({"min_amount": "1e200000"}, "min_amount"),
         ({"claim": "everyone"}, "claim"),
         ({"scope": "everyone"}, "scope"),
     ],
@@ -393,6 +403,30 @@ async def test_bad_filters_are_422_naming_the_filter(api, tokens, params, named)
         "/api/v1/tasks", params=params, headers=await tokens.headers("fin.manager")
     )
     assert named in detail_of(response, 422)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/api/v1/tasks/99999999999999999999/claim"),
+        ("post", "/api/v1/tasks/0/release"),
+        ("get", "/api/v1/delegations/99999999999999999999"),
+        ("post", "/api/v1/delegations/99999999999999999999/revoke"),
+        ("get", "/api/v1/delegations?cursor=99999999999999999999"),
+    ],
+)
+async def test_ids_no_row_could_have_are_422(api, tokens, method, path):
+    response = await getattr(api, method)(path, headers=await tokens.headers("fin.manager"))
+    assert response.status_code == 422, response.text
+
+
+async def test_bulk_with_an_impossible_id_is_422(api, tokens):
+    response = await api.post(
+        "/api/v1/tasks/bulk-decision",
+        json={"task_ids": [2**70], "decision": "approve", "comment": ""},
+        headers=await tokens.headers("fin.manager"),
+    )
+    assert response.status_code == 422, response.text
 
 
 async def test_a_user_without_a_team_has_no_team_queue(api, tokens, sessions):
