@@ -24,10 +24,10 @@ from web.routes import (
     Viewer,
     ViewerDep,
     WebSessionDep,
-    _task_row,
     base_context,
     is_htmx,
     render,
+    render_decided_row,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -41,7 +41,7 @@ VIEWS = {"mine": "My queue", "team": "My team's queue"}
 class RowView:
     """One row as the viewer sees it: the task and what they may do with it."""
 
-    t: TaskOut
+    task: TaskOut
     can_decide: bool
     can_bulk: bool
     taken_by_other: bool
@@ -71,7 +71,7 @@ def _row_views(
         can_decide = row.task.id in decidable
         views.append(
             RowView(
-                t=task_out(row),
+                task=task_out(row),
                 can_decide=can_decide,
                 can_bulk=can_decide
                 and not taken_by_other
@@ -165,7 +165,7 @@ def _row(
             request_service.visible_request(session, rt, viewer.principal, task.request_id)
         except RequestError:  # the same answer whether it is absent or not yours to see
             return render(request, "_toast.html", {"message": "task not found"}, 404)
-        return _task_row(request, session, rt, viewer, task.request_id, error, status_code)
+        return render_decided_row(request, session, rt, viewer, task.request_id, error, status_code)
     context = {
         **base_context(viewer, "tasks"),
         "view": view,

@@ -527,16 +527,25 @@ def _no_requestable_action(request: Request, viewer: Viewer) -> Response:
     )
 
 
+def _form_page(
+    request: Request, viewer: Viewer, rt: Runtime, session: Session, block: str | None
+) -> Response:
+    """The form (or one of its regions) for the values in the query string."""
+    values = _form_values(rt, request.query_params)
+    context = _new_request_context(viewer, rt, session, values, {})
+    if not context["actions"]:
+        return _no_requestable_action(request, viewer)
+    return render(
+        request, "new_request.html", context, status_code=context["status_code"], block=block
+    )
+
+
 @router.get("/requests/new")
 def new_request_form(
     request: Request, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
 ) -> Response:
     """Prefilled from the query string: ?action=<a>&target=<id>&<param>=<value>&reason=..."""
-    values = _form_values(rt, request.query_params)
-    context = _new_request_context(viewer, rt, session, values, {})
-    if not context["actions"]:
-        return _no_requestable_action(request, viewer)
-    return render(request, "new_request.html", context, status_code=context["status_code"])
+    return _form_page(request, viewer, rt, session, block=None)
 
 
 @router.get("/requests/new/fields")
@@ -544,13 +553,8 @@ def new_request_fields(
     request: Request, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
 ) -> Response:
     """The fields of another action (htmx swap when the action changes)."""
-    values = _form_values(rt, request.query_params)
-    context = _new_request_context(viewer, rt, session, values, {})
-    if not context["actions"]:
-        return _no_requestable_action(request, viewer)
-    block = "action_fields" if is_htmx(request) else None
-    return render(
-        request, "new_request.html", context, status_code=context["status_code"], block=block
+    return _form_page(
+        request, viewer, rt, session, block="action_fields" if is_htmx(request) else None
     )
 
 
@@ -559,15 +563,7 @@ def new_request_path(
     request: Request, viewer: ViewerDep, rt: RuntimeDep, session: WebSessionDep
 ) -> Response:
     """The approval path preview for the values as they are now."""
-    values = _form_values(rt, request.query_params)
-    context = _new_request_context(viewer, rt, session, values, {})
-    return render(
-        request,
-        "new_request.html",
-        context,
-        status_code=context["status_code"],
-        block="approval_path",
-    )
+    return _form_page(request, viewer, rt, session, block="approval_path")
 
 
 def _refusal_fields(err: RequestError) -> dict[str, str]:
@@ -643,7 +639,7 @@ def _decisions_by_step(decisions: list[DecisionOut]) -> dict[int, list[DecisionO
     return by_step
 
 
-def _task_row(
+def render_decided_row(
     request: Request,
     session: Session,
     rt: Runtime,
@@ -698,7 +694,7 @@ def task_row(
     session: WebSessionDep,
 ) -> Response:
     """A row of My tasks following its request live (someone else decided, it executed)."""
-    return _task_row(request, session, rt, viewer, request_id)
+    return render_decided_row(request, session, rt, viewer, request_id)
 
 
 @router.get("/requests/{request_id}")
@@ -757,7 +753,7 @@ async def decide(
         form.get("comment", ""),
         origin_of(request, "web"),
     )
-    show = _task_row if form.get("from") == "task" else _request_body
+    show = render_decided_row if form.get("from") == "task" else _request_body
     return await _run_then_show(request, rt, viewer, request_id, command, show)
 
 

@@ -42,8 +42,6 @@ class BadInput(Exception):
 # --- filters -------------------------------------------------------------------------
 
 PLAYER_STATUSES = ("active", "suspended", "closed")
-REGIONS = ("CA", "DE", "ES", "IE", "MT", "NL", "SE", "UK")
-SEGMENTS = ("bonus_hunter", "casual", "high_value", "new", "regular")
 VIP_TIERS = ("none", "bronze", "silver", "gold", "platinum")
 GAME_CATEGORIES = ("crash", "jackpot", "live", "slots", "table")
 MARKET_STATUSES = ("open", "suspended", "settled", "closed")
@@ -514,6 +512,14 @@ def _providers(session: Session, rt: Runtime) -> Sequence[str]:
     return platform_repo.providers(session)
 
 
+def _regions(session: Session, rt: Runtime) -> Sequence[str]:
+    return sorted(rt.policy.roles.regions)
+
+
+def _segments(session: Session, rt: Runtime) -> Sequence[str]:
+    return sorted(rt.policy.roles.segments)
+
+
 def _policy_versions(session: Session, rt: Runtime) -> Sequence[str]:
     return platform_repo.policy_versions(session)
 
@@ -533,8 +539,8 @@ SECTIONS: dict[str, Section] = {
             (
                 SEARCH,
                 Filter("status", "Status", PLAYER_STATUSES),
-                Filter("region", "Region", REGIONS),
-                Filter("segment", "Segment", SEGMENTS),
+                Filter("region", "Region", _regions),
+                Filter("segment", "Segment", _segments),
                 Filter("vip_tier", "VIP tier", VIP_TIERS),
             ),
         ),
@@ -578,7 +584,7 @@ SECTIONS: dict[str, Section] = {
             (
                 SEARCH,
                 Filter("status", "Status", CAMPAIGN_STATUSES),
-                Filter("segment", "Segment", SEGMENTS),
+                Filter("segment", "Segment", _segments),
             ),
         ),
         Section(

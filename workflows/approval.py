@@ -9,6 +9,7 @@ caller gets the request's new state in the same round trip.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         CancelInput,
         DecisionInput,
         ExecuteInput,
+        ExecuteResult,
         Origin,
         StepState,
         Transition,
@@ -335,7 +337,6 @@ class ApprovalWorkflow:
         await self._record(kind, actor=actor, origin=origin, data=data)
 
     async def _execute(self) -> None:
-        request = self._request
         revert_at = self._revert_at()
         if revert_at is not None and revert_at <= workflow.now():
             self._outcome = (
@@ -345,14 +346,7 @@ class ApprovalWorkflow:
             await self._record("failed", data={"error": self._outcome})
             return
         try:
-            result = await workflow.execute_activity_method(
-                ApprovalActivities.execute_action,
-                ExecuteInput(request.request_id, request.action, request.target, request.params),
-                start_to_close_timeout=EXECUTE_TIMEOUT,
-                heartbeat_timeout=EXECUTE_HEARTBEAT_TIMEOUT,
-                schedule_to_close_timeout=EXECUTE_GIVE_UP_AFTER,
-                retry_policy=EXECUTE_RETRY,
-            )
+            result = await self._on_platform(ApprovalActivities.execute_action)
         except ActivityError as err:
             self._outcome = _failure_message(err)
             self._status = FAILED
@@ -370,6 +364,20 @@ class ApprovalWorkflow:
             },
         )
 
+    async def _on_platform(
+        self, activity: Callable[[ApprovalActivities, ExecuteInput], Awaitable[ExecuteResult]]
+    ) -> ExecuteResult:
+        """Apply or revert the request's change on the platform (retried, heartbeating)."""
+        request = self._request
+        return await workflow.execute_activity_method(
+            activity,
+            ExecuteInput(request.request_id, request.action, request.target, request.params),
+            start_to_close_timeout=EXECUTE_TIMEOUT,
+            heartbeat_timeout=EXECUTE_HEARTBEAT_TIMEOUT,
+            schedule_to_close_timeout=EXECUTE_GIVE_UP_AFTER,
+            retry_policy=EXECUTE_RETRY,
+        )
+
     def _revert_at(self) -> datetime | None:
         """When a temporary change (a param named by the chain's `reverts_with`) ends."""
         param = self._request.chain.reverts_with
@@ -383,16 +391,8 @@ class ApprovalWorkflow:
         delay = revert_at - workflow.now()
         if delay > timedelta(0):
             await workflow.sleep(delay)
-        request = self._request
         try:
-            result = await workflow.execute_activity_method(
-                ApprovalActivities.revert_action,
-                ExecuteInput(request.request_id, request.action, request.target, request.params),
-                start_to_close_timeout=EXECUTE_TIMEOUT,
-                heartbeat_timeout=EXECUTE_HEARTBEAT_TIMEOUT,
-                schedule_to_close_timeout=EXECUTE_GIVE_UP_AFTER,
-                retry_policy=EXECUTE_RETRY,
-            )
+            result = await self._on_platform(ApprovalActivities.revert_action)
         except ActivityError as err:
             await self._record("revert_failed", data={"error": _failure_message(err)})
             return
