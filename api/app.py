@@ -11,14 +11,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from api.routers import audit, auth, delegations, health, platform, requests, roles, tasks
+from api.routers import (
+    api_keys,
+    audit,
+    auth,
+    delegations,
+    health,
+    jit,
+    platform,
+    requests,
+    roles,
+    tasks,
+)
 from core.db import make_engine, make_session_factory
 from core.events import EventHub, libpq_url
 from core.runtime import Runtime
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from policies.engine import PolicyEngine
+from web import account as web_account
 from web import delegations as web_delegations
+from web import jit as web_jit
 from web import queue as web_queue
 from web import routes as web_routes
 from web import workspaces as web_workspaces
@@ -97,9 +110,27 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 
     app.add_exception_handler(web_routes.LoginRequired, web_routes.login_required_handler)
     app.add_exception_handler(web_routes.CsrfRefused, web_routes.csrf_refused_handler)
-    for module in (health, auth, requests, tasks, delegations, roles, platform, audit):
+    for module in (
+        health,
+        auth,
+        requests,
+        tasks,
+        delegations,
+        roles,
+        jit,
+        api_keys,
+        platform,
+        audit,
+    ):
         app.include_router(module.router)
-    for page_module in (web_routes, web_queue, web_delegations, web_workspaces):
+    for page_module in (
+        web_routes,
+        web_queue,
+        web_delegations,
+        web_jit,
+        web_account,
+        web_workspaces,
+    ):
         app.include_router(page_module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
