@@ -47,18 +47,14 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import math
-import os
 import queue
 import random
-import resource
 import secrets
-import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -67,6 +63,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
 from temporalio import activity, workflow
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
@@ -76,77 +73,35 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 with workflow.unsafe.imports_passed_through():
     import httpx
     import psycopg
-    import uvicorn
 
-    from api.app import build_runtime, create_app
-    from core.db import make_engine, make_session_factory, normalize_url, transaction
-    from core.embedded import TemporalDevServer, embedded_postgres
+    from api.app import build_runtime
+    from bench._common import (
+        Latencies,
+        Progress,
+        Services,
+        bench_settings,
+        bounded,
+        expect,
+        figure,
+        http_client,
+        logger,
+        login,
+        peak_rss_mb,
+        plain_url,
+        ratio,
+        serving,
+        start_services,
+        wait_all_executed,
+    )
+    from core.db import make_engine, make_session_factory, transaction
     from core.migrate import upgrade
     from core.models import Payment, Player
     from core.runtime import Runtime
-    from core.seed import DEMO_PASSWORD, seed_users
-    from core.settings import Settings
-    from core.temporal import build_worker
+    from core.seed import seed_users
 
-HOST = "127.0.0.1"
 LARGE_AMOUNT = Decimal("10000")
-CALL_TIMEOUT = 60.0
-POLL_INTERVAL = 0.05
 ACTIVITY_THREADS = 16  # as build_worker's default
-
-
-# --- figures ----------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def figure(name: str, value: float, unit: str) -> None:
-    print(f"{name}: {value:.2f} {unit}", flush=True)
-
-
-def ratio(name: str, ours: float, bare: float) -> None:
-    print(f"ratio {name}: {ours / bare:.3f}", flush=True)
-
-
-@dataclass
-class Latencies:
-    """Wall-clock samples of one kind of call, in milliseconds."""
-
-    samples: list[float] = field(default_factory=list)
-
-    async def time(self, call: Awaitable[Any]) -> Any:
-        started = time.perf_counter()
-        result = await call
-        self.samples.append((time.perf_counter() - started) * 1000)
-        return result
-
-    def p50(self) -> float:
-        return percentile(self.samples, 50)
-
-    def p95(self) -> float:
-        return percentile(self.samples, 95)
-
-
-@dataclass
-class Progress:
-    """A counter line on stderr, written at every 10% step."""
-
-    label: str
-    total: int
-    done: int = 0
-    _shown: int = -1
-
-    def tick(self, count: int = 1) -> None:
-        self.done += count
-        tenth = 10 * self.done // max(self.total, 1)
-        if tenth != self._shown:
-            self._shown = tenth
-            print(f"  {self.label}: {self.done}/{self.total}", file=sys.stderr, flush=True)
+log = logger("approvals")
 
 
 @dataclass
@@ -154,74 +109,6 @@ class RunResult:
     throughput: float  # requests per second, created -> done
     creates: Latencies
     updates: Latencies
-
-
-async def bounded(concurrency: int, jobs: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
-    """Run the jobs with at most `concurrency` of them in flight."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
-        async with gate:
-            return await job()
-
-    return await asyncio.gather(*(one(job) for job in jobs))
-
-
-# --- services ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Services:
-    database_url: str
-    temporal_address: str
-
-
-def _bindable(port: int) -> bool:
-    if not 0 < port < 65536:
-        return False
-    with socket.socket() as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(span: int = 1, avoid: frozenset[int] = frozenset()) -> int:
-    """A free port whose next `span - 1` ports are free too."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            base: int = sock.getsockname()[1]
-        ports = range(base, base + span)
-        if not avoid.intersection(ports) and all(_bindable(p) for p in ports[1:]):
-            return base
-    raise RuntimeError(f"no run of {span} free ports found")
-
-
-def start_temporal(tmp: Path, stack: ExitStack) -> str:
-    port = free_port(span=3)  # the dev server also takes port+1 (HTTP) and port+2 (metrics)
-    ui_port = free_port(avoid=frozenset(range(port, port + 3)))
-    server = TemporalDevServer(db_file=tmp / "temporal.db", port=port, ui_port=ui_port)
-    server.start(log_file=tmp / "temporal.log")
-    stack.callback(server.stop)
-    return server.address
-
-
-def start_services(tmp: Path, stack: ExitStack) -> Services:
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        log("starting embedded PostgreSQL")
-        database_url = stack.enter_context(embedded_postgres(tmp / "pgdata"))
-    temporal_address = os.environ.get("TEMPORAL_ADDRESS")
-    if not temporal_address:
-        log("starting the Temporal dev server")
-        temporal_address = start_temporal(tmp, stack)
-    return Services(database_url, temporal_address)
-
-
-def log(message: str) -> None:
-    print(f"bench.approvals: {message}", file=sys.stderr, flush=True)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -242,80 +129,53 @@ def withdrawal_amounts(n: int, large_share: float, rng: random.Random) -> list[D
     return [Decimal(c) / 100 for c in cents]
 
 
-def prepare_database(url: str, n: int, large_share: float) -> list[Withdrawal]:
-    """Migrate, create the demo users, and add N pending withdrawals of one new player."""
-    upgrade(url)
-    engine = make_engine(url, pool_size=1)
+def add_pending_withdrawals(session: Session, n: int, large_share: float) -> list[Withdrawal]:
+    """N pending withdrawals of one new player (a share of them of 10,000 or more)."""
     run = secrets.token_hex(4).upper()
     player_id = f"PLR-B{run}"
     amounts = withdrawal_amounts(n, large_share, random.Random(7))
-    try:
-        with transaction(make_session_factory(engine)) as session:
-            seed_users(session)
-            session.add(
-                Player(
-                    id=player_id,
-                    username=f"bench-{run}",
-                    region="UK",
-                    segment="regular",
-                    vip_tier="none",
-                    status="active",
-                )
-            )
-            session.flush()
-            session.add_all(
-                Payment(
-                    id=f"PAY-B{run}-{i:06d}",
-                    player_id=player_id,
-                    kind="withdrawal",
-                    amount=amount,
-                    currency="EUR",
-                    method="bank_transfer",
-                    status="pending",
-                )
-                for i, amount in enumerate(amounts)
-            )
-    finally:
-        engine.dispose()
+    session.add(
+        Player(
+            id=player_id,
+            username=f"bench-{run}",
+            region="UK",
+            segment="regular",
+            vip_tier="none",
+            status="active",
+        )
+    )
+    session.flush()
+    session.add_all(
+        Payment(
+            id=f"PAY-B{run}-{i:06d}",
+            player_id=player_id,
+            kind="withdrawal",
+            amount=amount,
+            currency="EUR",
+            method="bank_transfer",
+            status="pending",
+        )
+        for i, amount in enumerate(amounts)
+    )
     return [
         Withdrawal(f"PAY-B{run}-{i:06d}", amount >= LARGE_AMOUNT)
         for i, amount in enumerate(amounts)
     ]
 
 
+def prepare_database(url: str, n: int, large_share: float) -> list[Withdrawal]:
+    """Migrate, create the demo users, and add N pending withdrawals of one new player."""
+    upgrade(url)
+    engine = make_engine(url, pool_size=1)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            seed_users(session)
+            return add_pending_withdrawals(session, n, large_share)
+    finally:
+        engine.dispose()
+
+
 # --- ours: the app over HTTP ------------------------------------------------------------
-
-
-def bench_settings() -> Settings:
-    return Settings(
-        BACKOFFICE_ENV="production",
-        SECRET_KEY=secrets.token_urlsafe(48),
-        AUDIT_SIGNING_KEY=secrets.token_urlsafe(48),
-        TEMPORAL_TASK_QUEUE=f"bench-{uuid.uuid4()}",
-    )
-
-
-def listening_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
-    return sock
-
-
-async def login(http: httpx.AsyncClient, username: str) -> dict[str, str]:
-    response = await http.post(
-        "/api/v1/auth/token", json={"username": username, "password": DEMO_PASSWORD}
-    )
-    expect(response, 200)
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
-
-
-def expect(response: httpx.Response, status: int) -> None:
-    if response.status_code != status:
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url.path} answered "
-            f"{response.status_code}: {response.text[:300]}"
-        )
 
 
 @dataclass
@@ -360,29 +220,11 @@ class ApiDriver:
         status: str = response.json()["status"]
         return status
 
-    async def wait_all_executed(self, request_ids: Sequence[str], concurrency: int) -> None:
-        progress = Progress("executed", len(request_ids))
-        waiting = list(request_ids)
-        deadline = time.monotonic() + 120 + 0.5 * len(request_ids)
-        while waiting:
-            statuses = await bounded(concurrency, [partial(self.status, r) for r in waiting])
-            failed = {s for s in statuses if s not in ("pending", "approved", "executed")}
-            if failed:
-                raise RuntimeError(f"requests ended {', '.join(sorted(failed))}, not executed")
-            still = [r for r, s in zip(waiting, statuses, strict=True) if s != "executed"]
-            progress.tick(len(waiting) - len(still))
-            waiting = still
-            if waiting:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{len(waiting)} requests not executed in time")
-                await asyncio.sleep(POLL_INTERVAL)
-
 
 async def drive_api(
     base_url: str, withdrawals: Sequence[Withdrawal], concurrency: int
 ) -> RunResult:
-    limits = httpx.Limits(max_connections=2 * concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, timeout=CALL_TIMEOUT, limits=limits) as http:
+    async with http_client(base_url, concurrency) as http:
         driver = ApiDriver(
             http,
             clerk=await login(http, "fin.clerk"),
@@ -395,7 +237,7 @@ async def drive_api(
             concurrency,
             [partial(driver.create_and_approve, w, progress) for w in withdrawals],
         )
-        await driver.wait_all_executed(request_ids, concurrency)
+        await wait_all_executed(driver.status, request_ids, concurrency)
         elapsed = time.perf_counter() - started
     return RunResult(len(withdrawals) / elapsed, driver.creates, driver.approves)
 
@@ -404,30 +246,8 @@ async def bench_ours(
     runtime: Runtime, withdrawals: Sequence[Withdrawal], concurrency: int
 ) -> RunResult:
     """Serve the app and run the worker on this loop, drive them over HTTP, stop both."""
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(runtime), host=HOST, port=port, log_level="warning")
-    )
-    worker = build_worker(
-        runtime.temporal,
-        runtime.sessions,
-        runtime.task_queue,
-        runtime.settings.audit_signing_key.get_secret_value().encode(),
-    )
-    worker_task = asyncio.create_task(worker.run())
-    server_task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            if server_task.done():
-                raise RuntimeError("the web server did not start")
-            await asyncio.sleep(0.02)
-        return await drive_api(f"http://{HOST}:{port}", withdrawals, concurrency)
-    finally:
-        server.should_exit = True
-        await worker.shutdown()
-        await asyncio.gather(server_task, worker_task, return_exceptions=True)
-        sock.close()
+    async with serving(runtime) as base_url:
+        return await drive_api(base_url, withdrawals, concurrency)
 
 
 # --- bare: the minimal workflow through the Temporal client -----------------------------
@@ -437,7 +257,7 @@ class ConnectionPool:
     """Reuses psycopg connections across activity threads (psycopg_pool is not installed)."""
 
     def __init__(self, url: str) -> None:
-        self._url = normalize_url(url).replace("postgresql+psycopg://", "postgresql://")
+        self._url = plain_url(url)
         self._idle: queue.SimpleQueue[psycopg.Connection[Any]] = queue.SimpleQueue()
 
     @contextlib.contextmanager
@@ -578,10 +398,6 @@ async def bench_bare(client: Client, database_url: str, n: int, concurrency: int
 # --- the run ----------------------------------------------------------------------------
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def report_ours(result: RunResult) -> None:
     figure("approvals_throughput", result.throughput, "requests/s")
     figure("create_p50", result.creates.p50(), "ms")
@@ -642,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="bench-approvals-", ignore_cleanup_errors=True) as tmp,
         ExitStack() as stack,
     ):
-        services = start_services(Path(tmp), stack)
+        services = start_services(Path(tmp), stack, log)
         log(f"preparing the database: {args.n} pending withdrawals")
         withdrawals = prepare_database(services.database_url, args.n, args.large_share)
         asyncio.run(run_all(services, withdrawals, args.concurrency))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import literal, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -143,8 +143,13 @@ class AuditQuery:
 
 
 def search(session: Session, query: AuditQuery) -> list[AuditEvent]:
-    """Newest first, keyset-paginated on the row id (`before_id` is the cursor)."""
-    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(query.limit)
+    """Newest first, keyset-paginated; `before_id` (the last id shown) is the cursor.
+
+    With a time window the events come in the order they happened and the window's own
+    index serves the page (ordering by id there would walk every newer row first); without
+    one, by id.
+    """
+    stmt = select(AuditEvent).limit(query.limit)
     if query.stream is not None:
         stmt = stmt.where(AuditEvent.stream == query.stream)
     if query.actor is not None:
@@ -153,7 +158,20 @@ def search(session: Session, query: AuditQuery) -> list[AuditEvent]:
         stmt = stmt.where(AuditEvent.occurred_at >= query.since)
     if query.until is not None:
         stmt = stmt.where(AuditEvent.occurred_at < query.until)
-    if query.before_id is not None:
+    by_time = query.since is not None or query.until is not None
+    if by_time:
+        stmt = stmt.order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
+    else:
+        stmt = stmt.order_by(AuditEvent.id.desc())
+    if query.before_id is not None and by_time:
+        cursor_time = (
+            select(AuditEvent.occurred_at).where(AuditEvent.id == query.before_id).scalar_subquery()
+        )
+        stmt = stmt.where(
+            tuple_(AuditEvent.occurred_at, AuditEvent.id)
+            < tuple_(cursor_time, literal(query.before_id))
+        )
+    elif query.before_id is not None:
         stmt = stmt.where(AuditEvent.id < query.before_id)
     return list(session.execute(stmt).scalars())
 

@@ -205,3 +205,44 @@ def test_cli_exits_non_zero_and_names_the_first_bad_event(sessions, database_url
     assert result.returncode == 1, result.stdout + result.stderr
     assert "first bad event" in result.stderr
     assert f"stream {stream} seq 2" in result.stderr
+
+
+def test_a_time_window_pages_in_the_order_events_happened(sessions):
+    """Events recorded late (a retried activity) still appear once, in time order."""
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime(2031, 5, 1, tzinfo=UTC)
+    minutes = [5, 1, 4, 2, 3, 6, 0]  # insertion order differs from time order
+    actor = f"window-{uuid.uuid4().hex[:8]}"
+    with transaction(sessions) as session:
+        for minute in minutes:
+            audit.append(
+                session,
+                audit.NewAuditEvent(
+                    event_id=uuid.uuid4(),
+                    stream=f"test:{uuid.uuid4()}",
+                    action="test.event",
+                    target=f"minute:{minute}",
+                    actor=actor,
+                    occurred_at=base + timedelta(minutes=minute),
+                ),
+            )
+    seen: list[str] = []
+    before = None
+    with sessions() as session:
+        while True:
+            page = audit.search(
+                session,
+                audit.AuditQuery(
+                    actor=actor,
+                    since=base + timedelta(minutes=1),
+                    until=base + timedelta(minutes=6),
+                    before_id=before,
+                    limit=2,
+                ),
+            )
+            seen += [event.target for event in page]
+            if len(page) < 2:
+                break
+            before = page[-1].id
+    assert seen == [f"minute:{m}" for m in (5, 4, 3, 2, 1)]
