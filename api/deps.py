@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, HTTPException, Path, Request, Response, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from core import api_keys, rate_limit
 from core.auth import AuthError, user_from_access_token
-from core.models import User
+from core.models import ApiKey, User
 from core.repositories import users as users_repo
 from core.runtime import Runtime
 from policies.snapshot import Principal
@@ -37,34 +38,87 @@ def get_session(rt: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 _bearer = HTTPBearer(auto_error=False)
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+# What an API key may never do, by route: these are acts of a person.
+_HUMAN_ONLY = {
+    "/api/v1/requests/{request_id}/decision": "deciding on a request is a human act",
+    "/api/v1/tasks/bulk-decision": "deciding on a request is a human act",
+}
+_KEY_MANAGEMENT = "/api/v1/api-keys"
 
 
 @dataclass(frozen=True)
 class Caller:
     user: User
     principal: Principal
+    # The API key the call came with; None for a person's bearer token.
+    api_key: ApiKey | None = None
+
+
+def _refuse_human_only(request: Request) -> None:
+    path = getattr(request.scope.get("route"), "path", "")
+    reason = _HUMAN_ONLY.get(path)
+    if path.startswith(_KEY_MANAGEMENT):
+        reason = "API keys are managed by a person signed in, not with an API key"
+    if reason is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"an API key cannot do this: {reason}")
 
 
 def current_caller(
+    request: Request,
+    response: Response,
     session: SessionDep,
     rt: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    key_header: Annotated[str | None, Depends(_api_key_header)],
 ) -> Caller:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    """A person (bearer JWT) or an API key (`Authorization: Bearer bo_...` or
+    `X-API-Key`), within their rate limit."""
+    bearer = None
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        bearer = credentials.credentials
+    if bearer is None and key_header is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token",
+            "missing bearer token or API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    if bearer is not None and key_header is not None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "send a bearer token or an X-API-Key header, not both"
+        )
+    token = bearer or key_header or ""
+    key: ApiKey | None = None
     try:
-        user = user_from_access_token(session, rt.settings, credentials.credentials)
+        if key_header is not None or api_keys.looks_like_key(token):
+            key, user = api_keys.authenticate(session, token, origin_of(request, "api"))
+            principal = api_keys.principal_for(session, rt.policy, key, user)
+        else:
+            user = user_from_access_token(session, rt.settings, token)
+            principal = users_repo.principal_for(session, user, rt.policy)
     except AuthError as exc:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             str(exc),
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from None
-    return Caller(user, users_repo.principal_for(session, user, rt.policy))
+    if key is not None:
+        _refuse_human_only(request)
+    if rt.settings.api_rate_limits:
+        subject = f"key:{key.id}" if key is not None else f"user:{user.id}"
+        verdict = rate_limit.take(session, subject, rt.policy.rate_limit_of(principal))
+        session.commit()  # releases the bucket row and records the key's use
+        if not verdict.allowed:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"rate limit of {verdict.limit.per_hour} requests an hour reached; "
+                f"retry in {verdict.retry_after} s",
+                headers=verdict.headers(),
+            )
+        response.headers.update(verdict.headers())
+    else:
+        session.commit()  # records the key's use
+    return Caller(user, principal, key)
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

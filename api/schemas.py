@@ -74,6 +74,8 @@ class RequestCreate(InputModel):
 class DecisionCreate(InputModel):
     decision: Literal["approve", "reject"]
     comment: str = Field(default="", max_length=2000)
+    # A fresh authenticator code, needed when approving a high-risk request (step-up MFA).
+    totp: str | None = Field(default=None, max_length=16)
 
 
 class CancelCreate(InputModel):
@@ -309,3 +311,37 @@ def scope_out(scope: DataScope) -> ScopeOut:
         segments=scope.segments if isinstance(scope.segments, str) else sorted(scope.segments),
         max_amount=scope.max_amount,
     )
+
+
+# --- API keys --------------------------------------------------------------------------
+
+
+class ApiKeyCreate(InputModel):
+    name: str = Field(min_length=1, max_length=100, examples=["Looker nightly export"])
+    expires_at: datetime = Field(description="at most one year ahead; UTC unless it says")
+    permissions: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        min_length=1, max_length=50, examples=[["payments:view", "players:view"]]
+    )
+    owner: str | None = Field(
+        default=None,
+        max_length=64,
+        description="whose key (a service user's); someone else's needs api_keys:manage",
+    )
+
+
+class ApiKeyOut(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    owner: str
+    created_by: str
+    permissions: list[str]
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    state: Literal["active", "expired", "revoked"]
+
+
+class ApiKeyIssued(ApiKeyOut):
+    key: str = Field(description="the secret: shown this once, store it now")

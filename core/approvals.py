@@ -146,6 +146,8 @@ def _apply_read_model(
             params=data["params"],
             reason=data["reason"],
             requester_id=int(data["requester_id"]),
+            region=data.get("region"),
+            segment=data.get("segment"),
             policy_version=chain["policy_version"],
             chain=chain,
             created_at=at,

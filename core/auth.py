@@ -1,16 +1,27 @@
-"""Login, token issue and rotation, browser sessions. Every outcome is audited."""
+"""Login, MFA, token issue and rotation, browser sessions, lockout. Every outcome is audited."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import math
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+import pyotp
+import segno
+from cryptography.fernet import Fernet
+from cryptography.fernet import InvalidToken as FernetInvalidToken
 from sqlalchemy.orm import Session
 
 from core import audit
 from core.models import RefreshToken, User, WebSession
+from core.repositories import sessions as sessions_repo
 from core.repositories import users as users_repo
 from core.security import (
     ACCESS,
@@ -23,15 +34,39 @@ from core.security import (
     verify_password,
 )
 from core.settings import Settings
+from policies.engine import PolicyEngine
 from workflows.contracts import Origin
+
+ACTIVE = "active"
+AWAITING_CODE = "mfa"
+MUST_ENROL = "enrol"
+# A session's last-use time is written at most this often (not on every page view).
+TOUCH_EVERY = timedelta(seconds=60)
 
 
 class AuthError(Exception):
     """Authentication failed; the message is safe to show."""
 
 
+class LoginThrottled(AuthError):
+    """Too many failures for this username or from this address; retry after some seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+class StepUpRequired(AuthError):
+    """A high-risk action needs a recent authenticator code."""
+
+
 def _security_event(
-    session: Session, action: str, username: str, origin: Origin, after: dict[str, object]
+    session: Session,
+    action: str,
+    username: str,
+    origin: Origin,
+    after: dict[str, object],
+    actor: str | None = None,
 ) -> None:
     audit.append(
         session,
@@ -40,8 +75,8 @@ def _security_event(
             stream=f"user:{username}",
             action=action,
             target=f"user:{username}",
-            actor=username,
-            actor_type="user",
+            actor=actor or username,
+            actor_type="system" if actor == "system" else "user",
             channel=origin.channel,
             ip=origin.ip,
             device=origin.device,
@@ -51,20 +86,290 @@ def _security_event(
     )
 
 
-def authenticate(session: Session, username: str, password: str, origin: Origin) -> User:
+# --- lockout and throttling ------------------------------------------------------------
+
+
+def _minutes(seconds: int) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def locked_until(
+    session: Session, settings: Settings, username: str, now: datetime
+) -> datetime | None:
+    """When a username's lock ends: N uncleared failures within the window lock it from the last."""
+    window = timedelta(minutes=settings.login_window_minutes)
+    lockout = timedelta(minutes=settings.login_lockout_minutes)
+    limit = settings.login_max_failures
+    failures = sessions_repo.recent_failures_of(session, username, now - window - lockout, limit)
+    if len(failures) < limit or failures[0] - failures[-1] > window:
+        return None
+    until = failures[0] + lockout
+    return until if until > now else None
+
+
+def _refuse_if_throttled(
+    session: Session, settings: Settings, username: str, origin: Origin
+) -> None:
+    now = datetime.now(UTC)
+    until = locked_until(session, settings, username, now)
+    if until is not None:
+        seconds = int((until - now).total_seconds()) + 1
+        raise LoginThrottled(
+            f"too many failed sign-ins for this account; try again in {_minutes(seconds)}",
+            seconds,
+        )
+    if origin.ip is None:
+        return
+    window = timedelta(minutes=settings.login_window_minutes)
+    count, oldest = sessions_repo.failures_from_ip(session, origin.ip, now - window)
+    if count >= settings.login_ip_max_failures and oldest is not None:
+        seconds = int((oldest + window - now).total_seconds()) + 1
+        raise LoginThrottled(
+            f"too many failed sign-ins from your address; try again in {_minutes(seconds)}",
+            seconds,
+        )
+
+
+def _record_failure(
+    session: Session,
+    settings: Settings,
+    username: str,
+    user: User | None,
+    origin: Origin,
+    reason: str,
+) -> None:
+    """Keep the failure (audited for a real user); the one that reaches the limit locks."""
+    now = datetime.now(UTC)
+    sessions_repo.add_failure(session, username, origin.ip, reason, now)
+    if user is not None:
+        action = "auth.mfa_failed" if reason.startswith("mfa") else "auth.login_failed"
+        _security_event(session, action, user.username, origin, {"reason": reason})
+    until = locked_until(session, settings, username, now)
+    if until is None:
+        return
+    if user is not None:
+        _security_event(
+            session,
+            "auth.lockout",
+            user.username,
+            origin,
+            {"until": until.isoformat(), "failures": settings.login_max_failures},
+        )
+    seconds = int((until - now).total_seconds()) + 1
+    raise LoginThrottled(
+        f"too many failed sign-ins: this account is locked for {_minutes(seconds)}", seconds
+    )
+
+
+def unlock(session: Session, username: str, actor: str, origin: Origin) -> int:
+    """An administrator clears a username's failures (and so its lock). Returns how many."""
+    cleared = sessions_repo.clear_failures(session, username, datetime.now(UTC))
+    if cleared and users_repo.by_username(session, username) is not None:
+        _security_event(session, "auth.unlock", username, origin, {"cleared": cleared}, actor)
+    return cleared
+
+
+def failing_usernames(
+    session: Session, settings: Settings
+) -> list[tuple[str, int, datetime | None]]:
+    """Usernames with recent failures: how many, and until when each is locked (if it is)."""
+    now = datetime.now(UTC)
+    since = now - timedelta(minutes=settings.login_window_minutes + settings.login_lockout_minutes)
+    return [
+        (name, count, locked_until(session, settings, name, now))
+        for name, count in sessions_repo.usernames_with_failures(session, since)
+    ]
+
+
+# --- TOTP ------------------------------------------------------------------------------
+
+
+def _fernet(settings: Settings) -> Fernet:
+    # Domain-separated from the JWT key; rotating SECRET_KEY means re-enrolling MFA.
+    digest = hashlib.sha256(b"mfa-secret:" + settings.secret_key.get_secret_value().encode())
+    return Fernet(base64.urlsafe_b64encode(digest.digest()))
+
+
+def _seal(settings: Settings, secret: str) -> str:
+    return _fernet(settings).encrypt(secret.encode()).decode()
+
+
+def _unseal(settings: Settings, sealed: str) -> str:
+    try:
+        return _fernet(settings).decrypt(sealed.encode()).decode()
+    except FernetInvalidToken:
+        raise AuthError("the authenticator secret cannot be read; enrol again") from None
+
+
+def mfa_enrolled(user: User) -> bool:
+    return user.mfa_enabled_at is not None and user.mfa_secret is not None
+
+
+def mfa_required(policy: PolicyEngine, roles: Iterable[str]) -> bool:
+    defined = policy.roles.roles
+    return any(defined[role].mfa_required for role in roles if role in defined)
+
+
+def _matching_step(secret: str, code: str, now: datetime, last_step: int | None) -> int | None:
+    """The time step a code belongs to (one step of clock drift either way), if not used yet."""
+    code = code.strip().replace(" ", "")
+    if len(code) != 6 or not code.isdigit():
+        return None
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now)
+    for step in (current - 1, current, current + 1):
+        if last_step is not None and step <= last_step:
+            continue  # a code is good once: a replayed one is refused
+        if hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None
+
+
+def verify_code(
+    session: Session, settings: Settings, user: User, code: str, origin: Origin, purpose: str
+) -> None:
+    """Check an authenticator code against the user's secret; a failure counts toward lockout."""
+    _refuse_if_throttled(session, settings, user.username, origin)
+    session.refresh(user, with_for_update=True)  # two requests with one code: one wins
+    if user.mfa_secret is None:
+        raise AuthError("multi-factor authentication is not set up")
+    now = datetime.now(UTC)
+    step = _matching_step(_unseal(settings, user.mfa_secret), code, now, user.mfa_last_step)
+    if step is None:
+        _record_failure(session, settings, user.username, user, origin, f"mfa:{purpose}")
+        raise AuthError("wrong or already used authenticator code")
+    user.mfa_last_step = step
+    user.mfa_verified_at = now
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    secret: str
+    uri: str
+    qr_svg: str
+
+
+def begin_enrolment(session: Session, settings: Settings, user: User) -> Enrolment:
+    """A new secret, shown once as a QR code and text; MFA is on only after a code confirms it."""
+    if mfa_enrolled(user):
+        raise AuthError("multi-factor authentication is already set up")
+    secret = pyotp.random_base32()
+    user.mfa_secret = _seal(settings, secret)
+    user.mfa_last_step = None
+    uri = pyotp.TOTP(secret).provisioning_uri(name=user.username, issuer_name=settings.mfa_issuer)
+    svg = segno.make(uri, error="m").svg_inline(scale=5, title="Authenticator QR code")
+    return Enrolment(secret, uri, svg)
+
+
+def confirm_enrolment(
+    session: Session, settings: Settings, user: User, code: str, origin: Origin
+) -> None:
+    if mfa_enrolled(user):
+        raise AuthError("multi-factor authentication is already set up")
+    if user.mfa_secret is None:
+        raise AuthError("start the set-up again: no pending authenticator secret")
+    verify_code(session, settings, user, code, origin, "enrolment")
+    user.mfa_enabled_at = datetime.now(UTC)
+    _security_event(session, "auth.mfa_enrolled", user.username, origin, {})
+
+
+def record_step_up(session: Session, user: User, origin: Origin, purpose: str) -> None:
+    _security_event(session, "auth.mfa_step_up", user.username, origin, {"for": purpose})
+
+
+def is_high_risk(settings: Settings, action: str, amount: Decimal | None) -> bool:
+    return action in settings.step_up_actions or (
+        amount is not None and amount >= settings.step_up_amount
+    )
+
+
+def step_up(
+    session: Session,
+    settings: Settings,
+    user_id: int,
+    action: str,
+    amount: Decimal | None,
+    code: str | None,
+    origin: Origin,
+) -> None:
+    """Before a high-risk approval: an MFA check within STEP_UP_MINUTES, or a code now.
+
+    People without MFA are not asked (they have no second factor); roles marked
+    `mfa_required` cannot act without it in the first place.
+    """
+    user = users_repo.by_id(session, user_id)
+    if user is None or not mfa_enrolled(user) or not is_high_risk(settings, action, amount):
+        return
+    if code:
+        verify_code(session, settings, user, code, origin, "step_up")
+        record_step_up(session, user, origin, action)
+        return
+    fresh_since = datetime.now(UTC) - timedelta(minutes=settings.step_up_minutes)
+    if user.mfa_verified_at is None or user.mfa_verified_at < fresh_since:
+        raise StepUpRequired(
+            "this approval is high-risk: confirm it with a fresh authenticator code "
+            '("totp" in the API, or the page /account/verify in the browser); your last '
+            f"check is older than {settings.step_up_minutes} minutes"
+        )
+
+
+# --- sign-in ---------------------------------------------------------------------------
+
+
+def authenticate(
+    session: Session, settings: Settings, username: str, password: str, origin: Origin
+) -> User:
     """Check the password; a failure is audited and raises without saying which part was wrong."""
     if not username.isprintable():  # also keeps NUL, which PostgreSQL refuses, out of queries
         raise AuthError("wrong username or password")
+    _refuse_if_throttled(session, settings, username, origin)
     user = users_repo.by_username(session, username)
     ok = verify_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
-        if user is not None:
-            _security_event(
-                session, "auth.login_failed", user.username, origin, {"reason": "password"}
-            )
+        _record_failure(session, settings, username, user, origin, "password")
         raise AuthError("wrong username or password")
-    _security_event(session, "auth.login", user.username, origin, {"channel": origin.channel})
     return user
+
+
+def complete_login(session: Session, user: User, origin: Origin, *, mfa: bool) -> None:
+    sessions_repo.clear_failures(session, user.username, datetime.now(UTC))
+    _security_event(
+        session, "auth.login", user.username, origin, {"channel": origin.channel, "mfa": mfa}
+    )
+
+
+@dataclass(frozen=True)
+class SignIn:
+    user: User
+    stage: str  # ACTIVE, AWAITING_CODE or MUST_ENROL
+
+
+def sign_in(
+    session: Session,
+    settings: Settings,
+    policy: PolicyEngine,
+    username: str,
+    password: str,
+    code: str | None,
+    origin: Origin,
+) -> SignIn:
+    """Password, then the authenticator code if enrolled; a role needing MFA without it: enrol."""
+    user = authenticate(session, settings, username, password, origin)
+    if mfa_enrolled(user):
+        if not code:
+            return SignIn(user, AWAITING_CODE)
+        verify_code(session, settings, user, code, origin, "login")
+        complete_login(session, user, origin, mfa=True)
+        return SignIn(user, ACTIVE)
+    if mfa_required(policy, users_repo.roles_of(session, user.id)):
+        _security_event(session, "auth.mfa_enrolment_required", user.username, origin, {})
+        return SignIn(user, MUST_ENROL)
+    complete_login(session, user, origin, mfa=False)
+    return SignIn(user, ACTIVE)
+
+
+# --- API tokens ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -134,7 +439,7 @@ def user_from_access_token(session: Session, settings: Settings, token: str) -> 
     return user
 
 
-# --- browser sessions ----------------------------------------------------------------
+# --- browser sessions ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -144,12 +449,52 @@ class NewWebSession:
     expires_at: datetime
 
 
+def _revoke(
+    session: Session,
+    web_session: WebSession,
+    reason: str,
+    username: str,
+    origin: Origin,
+    actor: str,
+) -> None:
+    web_session.revoked_at = datetime.now(UTC)
+    web_session.revoked_reason = reason
+    _security_event(
+        session,
+        "auth.session_revoked",
+        username,
+        origin,
+        {"session": web_session.id, "reason": reason, "ip": web_session.ip},
+        actor,
+    )
+
+
+def _make_room(session: Session, settings: Settings, user: User, origin: Origin) -> None:
+    """At the concurrent-session limit, the oldest sessions are revoked for the new one."""
+    now = datetime.now(UTC)
+    idle = timedelta(minutes=settings.session_idle_minutes)
+    live = [
+        s
+        for s in sessions_repo.active_sessions_oldest_first(session, user.id, now)
+        if s.last_seen_at + idle > now
+    ]
+    excess = len(live) - settings.max_sessions_per_user + 1
+    for oldest in live[: max(0, excess)]:
+        _revoke(session, oldest, "session limit", user.username, origin, user.username)
+
+
 def open_web_session(
-    session: Session, settings: Settings, user: User, origin: Origin
+    session: Session, settings: Settings, user: User, origin: Origin, stage: str = ACTIVE
 ) -> NewWebSession:
+    """A browser session; one still waiting for a code or an enrolment lives only minutes."""
     cookie_value = new_token()
     csrf = new_token()
-    expires_at = datetime.now(UTC) + timedelta(hours=settings.session_hours)
+    now = datetime.now(UTC)
+    if stage == ACTIVE:
+        _make_room(session, settings, user, origin)
+        expires_at = now + timedelta(hours=settings.session_hours)
+    else:
+        expires_at = now + timedelta(minutes=settings.mfa_pending_minutes)
     users_repo.add_web_session(
         session,
         WebSession(
@@ -158,24 +503,64 @@ def open_web_session(
             csrf_token=csrf,
             ip=origin.ip,
             user_agent=(origin.device or "")[:256] or None,
+            stage=stage,
+            last_seen_at=now,
             expires_at=expires_at,
         ),
     )
     return NewWebSession(cookie_value, csrf, expires_at)
 
 
-def resolve_web_session(session: Session, cookie_value: str) -> tuple[User, WebSession] | None:
-    web_session = users_repo.live_web_session(
-        session, token_digest(cookie_value), datetime.now(UTC)
-    )
+def activate_web_session(
+    session: Session, settings: Settings, user: User, web_session: WebSession, origin: Origin
+) -> None:
+    """The code was right (or MFA was just set up): the session becomes a full one."""
+    _make_room(session, settings, user, origin)
+    now = datetime.now(UTC)
+    web_session.stage = ACTIVE
+    web_session.last_seen_at = now
+    web_session.expires_at = now + timedelta(hours=settings.session_hours)
+    complete_login(session, user, origin, mfa=True)
+
+
+def resolve_web_session(
+    session: Session, settings: Settings, cookie_value: str, origin: Origin
+) -> tuple[User, WebSession] | None:
+    """The session behind a cookie, if live; an idle one is revoked here. Caller commits."""
+    now = datetime.now(UTC)
+    web_session = users_repo.live_web_session(session, token_digest(cookie_value), now)
     if web_session is None:
         return None
     user = users_repo.by_id(session, web_session.user_id)
     if user is None or not user.is_active:
         return None
+    if web_session.last_seen_at + timedelta(minutes=settings.session_idle_minutes) <= now:
+        _revoke(session, web_session, "idle", user.username, origin, "system")
+        return None
+    if now - web_session.last_seen_at >= TOUCH_EVERY:
+        web_session.last_seen_at = now
     return user, web_session
 
 
 def close_web_session(session: Session, cookie_value: str, username: str, origin: Origin) -> None:
-    users_repo.revoke_web_session(session, token_digest(cookie_value), datetime.now(UTC))
+    web_session = sessions_repo.by_token_hash(session, token_digest(cookie_value))
+    if web_session is not None and web_session.revoked_at is None:
+        web_session.revoked_at = datetime.now(UTC)
+        web_session.revoked_reason = "signed out"
     _security_event(session, "auth.logout", username, origin, {})
+
+
+def revoke_session(
+    session: Session, session_id: int, actor: User, origin: Origin, *, anyone: bool
+) -> WebSession:
+    """Revoke one session: one's own, or anyone's for a holder of sessions:manage."""
+    web_session = sessions_repo.by_public_id(session, session_id)
+    if web_session is None or (not anyone and web_session.user_id != actor.id):
+        raise AuthError("no such session")  # someone else's session is not even named
+    if web_session.revoked_at is not None:
+        raise AuthError("this session is already ended")
+    owner = users_repo.by_id(session, web_session.user_id)
+    assert owner is not None
+    reason = "revoked by owner" if owner.id == actor.id else "revoked by administrator"
+    _revoke(session, web_session, reason, owner.username, origin, actor.username)
+    return web_session

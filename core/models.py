@@ -49,6 +49,13 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(Text)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+    # TOTP: the secret (encrypted with a key derived from SECRET_KEY), set at enrolment and
+    # active once confirmed; the last accepted time step, so a code works only once; and when
+    # a code was last checked (step-up before high-risk approvals asks for a recent one).
+    mfa_secret: Mapped[str | None] = mapped_column(Text)
+    mfa_enabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    mfa_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    mfa_verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class UserRole(Base):
@@ -66,13 +73,20 @@ class WebSession(Base):
     __tablename__ = "web_sessions"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The id shown in pages and URLs (the token hash never leaves the server).
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(256))
+    # 'active'; 'mfa' (password accepted, waiting for the code); 'enrol' (the person's role
+    # requires MFA and they must set it up before anything else).
+    stage: Mapped[str] = mapped_column(String(16), server_default=text("'active'"))
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
     expires_at: Mapped[datetime] = mapped_column(Timestamp)
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class RefreshToken(Base):
@@ -220,6 +234,8 @@ class ApprovalRequest(Base):
     __table_args__ = (
         Index("ix_requests_requester_created", "requester_id", "created_at", "id"),
         Index("ix_requests_status_created", "status", "created_at", "id"),
+        # Everyone's requests, newest first (compliance): without it, a sort of the table.
+        Index("ix_requests_created_id", "created_at", "id"),
         Index("ix_requests_action_target", "action", "target"),
         Index(
             OPEN_TARGET_CONSTRAINT,
@@ -236,6 +252,10 @@ class ApprovalRequest(Base):
     target: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSONB)
     amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2))
+    # The region and segment of the player the target belongs to, taken at submission so
+    # lists can narrow by the viewer's data scope in SQL; None when the target is no player's.
+    region: Mapped[str | None] = mapped_column(String(8))
+    segment: Mapped[str | None] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
     requester_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     status: Mapped[str] = mapped_column(String(16))
@@ -382,3 +402,98 @@ class AuditCheckpoint(Base):
     heads: Mapped[dict[str, Any]] = mapped_column(JSONB)
     digest: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    """A credential for an integration (a BI system): a subset of its owner's permissions
+    until it expires or is revoked. Only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("expires_at > created_at", name="expiry"),
+        Index("ix_api_keys_owner_id_id", "owner_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # The public part of the key (`bo_<prefix>_<secret>`): how a presented key is found.
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(100))
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    permissions: Mapped[list[str]] = mapped_column(ARRAY(String(128)))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class RateLimitBucket(Base):
+    """The token bucket of one rate-limited subject (`user:<id>` or `key:<id>`)."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    refilled_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class LoginAttempt(Base):
+    """A failed sign-in (password or code). Recent uncleared ones lock a username or an IP."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_username_occurred", "username", "occurred_at"),
+        Index("ix_login_attempts_ip_occurred", "ip", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(16))
+    occurred_at: Mapped[datetime] = mapped_column(Timestamp)
+    # Set by a successful sign-in or an administrator's unlock: no longer counts.
+    cleared_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class JitGrant(Base):
+    """A just-in-time role: asked for, active from its approval until expires_at, renewable.
+
+    The authoriser counts it only while active and unexpired, whatever the revoking timer
+    has done yet. `request_ids` are the approvals that granted and renewed it.
+    """
+
+    __tablename__ = "jit_grants"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'active', 'expired', 'revoked', 'not_granted')", name="status"
+        ),
+        CheckConstraint(
+            "status = 'pending' OR status = 'not_granted' OR expires_at > granted_at",
+            name="period",
+        ),
+        Index("ix_jit_grants_user_status", "user_id", "status"),
+        Index("ix_jit_grants_status_expires", "status", "expires_at"),
+        Index(
+            "uq_jit_grants_open_role",
+            "user_id",
+            "role",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'active')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(Timestamp)
+    granted_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    revoked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    request_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
+    # The approval (first or renewal) still being decided, if any.
+    pending_request_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

@@ -24,22 +24,26 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from core import platform_actions
-from core.models import ApprovalRequest, User
+from core import auth, platform_actions
+from core.auth import _security_event as record_security_event
+from core.db import transaction
+from core.models import ApprovalRequest, Player, User
 from core.repositories import delegations as delegations_repo
 from core.repositories import payments as payments_repo
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
 from core.repositories.delegations import ActiveDelegation
 from core.runtime import Runtime
-from policies.rules import Decision, check_approval_decision, check_cancel, deny
-from policies.snapshot import Principal
+from policies.engine import within_scope
+from policies.rules import ALLOW, Decision, check_approval_decision, check_cancel, deny
+from policies.snapshot import DataScope, Principal
 from workflows.approval import ApprovalWorkflow
 from workflows.contracts import (
     ApprovalInput,
     CancelInput,
     DecisionInput,
     Origin,
+    ScopeInput,
     approval_workflow_id,
 )
 
@@ -61,8 +65,13 @@ _STATUS_BY_CODE = {
     "same_team": 403,
     "delegation_expired": 403,
     "duplicate_request": 409,
+    "own_entry_point": 422,
     "RecordRefused": 422,
+    "region_out_of_scope": 403,
+    "segment_out_of_scope": 403,
+    "over_limit": 403,
 }
+SCOPE_CODES = frozenset({"region_out_of_scope", "segment_out_of_scope", "over_limit"})
 
 
 @dataclass
@@ -79,6 +88,49 @@ class RequestError(Exception):
 
 def refusal(decision: Decision) -> RequestError:
     return RequestError(_STATUS_BY_CODE.get(decision.code, 403), decision.reason)
+
+
+@dataclass
+class OutOfScope(RequestError):
+    """Acting on data outside one's data scope: refused, and recorded as a security event."""
+
+    code: str = ""
+
+
+def _out_of_scope(verdict: Decision) -> OutOfScope:
+    return OutOfScope(403, verdict.reason, code=verdict.code)
+
+
+def _record_out_of_scope(
+    rt: Runtime, principal: Principal, origin: Origin, refused: OutOfScope, what: dict[str, str]
+) -> None:
+    """The attempt lands in the audit store in its own transaction (nothing else is written)."""
+    with transaction(rt.sessions) as session:
+        record_security_event(
+            session,
+            "access.out_of_scope",
+            principal.username,
+            origin,
+            {**what, "code": refused.code, "reason": refused.detail},
+        )
+
+
+def data_scope(rt: Runtime, principal: Principal) -> DataScope:
+    """The data this person reaches: as their principal was built (an API key may narrow
+    it), else from their roles."""
+    return principal.scope or rt.policy.scope_of(principal)
+
+
+def target_player(session: Session, action: str, target: str) -> Player | None:
+    """The player a request's target belongs to: the player for a player action, the
+    payment's player for a withdrawal; None when the target is no player's."""
+    if action == "payment.withdrawal":
+        payment = payments_repo.get(session, target)
+        return session.get(Player, payment.player_id) if payment is not None else None
+    field_action = platform_actions.FIELD_ACTIONS.get(action)
+    if field_action is not None and field_action.model is Player:
+        return session.get(Player, target)
+    return None
 
 
 @dataclass(frozen=True)
@@ -143,10 +195,17 @@ def _check_text(field_name: str, value: str, limit: int) -> None:
         raise RequestError(422, f"{field_name}: {problem}", {field_name: problem})
 
 
-def _prepare(
-    session: Session, rt: Runtime, principal: Principal, new: NewRequest
-) -> dict[str, str]:
-    verdict = rt.policy.may_request(principal, new.action)
+@dataclass(frozen=True)
+class Prepared:
+    """A request ready to start: its checked params and the player its target belongs to."""
+
+    params: dict[str, str]
+    region: str | None = None
+    segment: str | None = None
+
+
+def _prepare(session: Session, rt: Runtime, principal: Principal, new: NewRequest) -> Prepared:
+    verdict = rt.policy.may_request_generically(principal, new.action)
     if not verdict:
         if verdict.code == "unknown_action":
             raise RequestError(422, verdict.reason, {"action": "unknown action"})
@@ -163,6 +222,13 @@ def _prepare(
         errors["target"] = problem
     if errors:
         raise RequestError(422, "; ".join(f"{k}: {v}" for k, v in errors.items()), errors)
+    scope = data_scope(rt, principal)
+    player = target_player(session, new.action, new.target)
+    if player is not None:
+        # Before any check that would tell something about the target's state.
+        verdict = within_scope(scope, region=player.region, segment=player.segment)
+        if not verdict:
+            raise _out_of_scope(verdict)
     params = dict(new.params)
     check_target = TARGET_CHECKS.get(new.action)
     if check_target is not None:
@@ -171,6 +237,8 @@ def _prepare(
     if param_errors:
         fields = {e.field: e.message for e in param_errors}
         raise RequestError(422, "; ".join(f"{e.field} {e.message}" for e in param_errors), fields)
+    if not (verdict := within_scope(scope, amount=clean.get("amount") or None)):
+        raise _out_of_scope(verdict)
     if new.action in platform_actions.FIELD_ACTIONS:
         clean.update(_check_field_target(session, new.action, new.target, clean))
     existing = requests_repo.pending_for_target(session, new.action, new.target)
@@ -178,18 +246,28 @@ def _prepare(
         raise RequestError(
             409, f"request {existing.id} for {new.target} is already {existing.status}"
         )
-    return clean
+    return Prepared(
+        clean,
+        player.region if player is not None else None,
+        player.segment if player is not None else None,
+    )
 
 
 async def submit(
     rt: Runtime, principal: Principal, new: NewRequest, origin: Origin
 ) -> ApprovalRequest:
-    def prepare() -> tuple[dict[str, str], str | None]:
+    def prepare() -> tuple[Prepared, str | None]:
         with rt.sessions() as session:
             requester = session.get(User, principal.user_id)
             return _prepare(session, rt, principal, new), requester.team if requester else None
 
-    params, requester_team = await asyncio.to_thread(prepare)
+    try:
+        prepared, requester_team = await asyncio.to_thread(prepare)
+    except OutOfScope as refused:
+        what = {"attempt": "request", "action": new.action, "target": new.target[:64]}
+        await asyncio.to_thread(_record_out_of_scope, rt, principal, origin, refused, what)
+        raise
+    params = prepared.params
     request_id = str(uuid.uuid4())
     request = ApprovalInput(
         request_id=request_id,
@@ -202,6 +280,8 @@ async def submit(
         chain=rt.policy.chain_for(new.action, params),
         origin=origin,
         requester_team=requester_team,
+        region=prepared.region,
+        segment=prepared.segment,
     )
     start = WithStartWorkflowOperation(
         ApprovalWorkflow.run,
@@ -263,6 +343,8 @@ class Approver:
     roles: frozenset[str]
     team: str | None
     delegation: ActiveDelegation | None = None
+    # Each must cover the request: the decider's own and, under a delegation, the delegator's.
+    scopes: tuple[DataScope, ...] = ()
 
 
 def _approver_for(
@@ -271,8 +353,9 @@ def _approver_for(
     me = session.get(User, principal.user_id)
     team = me.team if me is not None else None
     own = rt.policy.authorize(principal, f"{action}:approve")
+    own_scope = data_scope(rt, principal)
     if own and principal.roles & set(step_roles):
-        return Approver(principal.roles, team)
+        return Approver(principal.roles, team, scopes=(own_scope,))
     now = datetime.now(UTC)
     for delegation in delegations_repo.active_for_delegate(session, principal.user_id, now):
         delegator = Principal(
@@ -281,10 +364,16 @@ def _approver_for(
         if delegation.delegator_roles & set(step_roles) and rt.policy.authorize(
             delegator, f"{action}:approve"
         ):
-            return Approver(delegation.delegator_roles, team, delegation)
+            return Approver(
+                delegation.delegator_roles,
+                team,
+                delegation,
+                (own_scope, rt.policy.scope_of(delegator)),
+            )
     if not own:
         return own
-    return Approver(principal.roles, team)  # the step's role check names what is missing
+    # The step's role check names what is missing.
+    return Approver(principal.roles, team, scopes=(own_scope,))
 
 
 def decision_eligibility(
@@ -319,7 +408,24 @@ def decision_eligibility(
         and approver.team is not None
         and approver.team == requester.team,
     )
+    if verdict:
+        verdict = _scope_verdict(approver, request)
     return verdict, approver
+
+
+def _scope_verdict(approver: Approver, request: ApprovalRequest) -> Decision:
+    """Every scope the approver decides with must reach the request's player and amount."""
+    for index, scope in enumerate(approver.scopes):
+        verdict = within_scope(
+            scope, region=request.region, segment=request.segment, amount=request.amount
+        )
+        if verdict:
+            continue
+        if index > 0 and approver.delegation is not None:  # the delegator's scope
+            name = approver.delegation.delegator_username
+            return deny(verdict.code, f"for {name}, whom you stand in for: {verdict.reason}")
+        return verdict
+    return ALLOW
 
 
 def _precheck_decision(
@@ -331,6 +437,8 @@ def _precheck_decision(
     with rt.sessions() as session:
         request = visible_request(session, rt, principal, request_id)
         verdict, approver = decision_eligibility(session, rt, principal, request)
+    if verdict.code in SCOPE_CODES:
+        raise _out_of_scope(verdict)
     if not verdict or approver is None:
         raise refusal(verdict)
     return approver
@@ -339,6 +447,8 @@ def _precheck_decision(
 def _update_refusal(err: WorkflowUpdateFailedError) -> RequestError:
     cause = err.cause
     if isinstance(cause, ApplicationError):
+        if cause.type in SCOPE_CODES:
+            return OutOfScope(403, cause.message, code=cause.type or "")
         return RequestError(_STATUS_BY_CODE.get(cause.type or "", 409), cause.message)
     return RequestError(409, "the request no longer accepts decisions")
 
@@ -359,6 +469,23 @@ async def _send_update(update: Awaitable[object]) -> None:
         ) from None
 
 
+def _step_up(
+    rt: Runtime, principal: Principal, request_id: uuid.UUID, totp: str | None, origin: Origin
+) -> None:
+    """A high-risk approval needs a recent authenticator check (core.auth says which are)."""
+    with rt.sessions() as session:
+        request = requests_repo.get(session, request_id)
+        if request is None:
+            return
+        action, amount = request.action, request.amount
+        try:
+            auth.step_up(session, rt.settings, principal.user_id, action, amount, totp, origin)
+        except auth.AuthError as err:
+            session.commit()  # keep the audited failure (and any lockout)
+            raise RequestError(403, str(err), {"totp": "a fresh authenticator code"}) from None
+        session.commit()
+
+
 async def decide(
     rt: Runtime,
     principal: Principal,
@@ -366,10 +493,18 @@ async def decide(
     decision: str,
     comment: str,
     origin: Origin,
+    totp: str | None = None,
 ) -> ApprovalRequest:
-    approver = await asyncio.to_thread(
-        _precheck_decision, rt, principal, request_id, decision, comment
-    )
+    what = {"attempt": "decision", "request": str(request_id), "decision": decision[:16]}
+    try:
+        approver = await asyncio.to_thread(
+            _precheck_decision, rt, principal, request_id, decision, comment
+        )
+    except OutOfScope as refused:
+        await asyncio.to_thread(_record_out_of_scope, rt, principal, origin, refused, what)
+        raise
+    if decision == "approve":
+        await asyncio.to_thread(_step_up, rt, principal, request_id, totp, origin)
     handle = rt.temporal.get_workflow_handle(approval_workflow_id(str(request_id)))
     delegation = approver.delegation
     command = DecisionInput(
@@ -383,8 +518,13 @@ async def decide(
         on_behalf_of=delegation.delegator_username if delegation else None,
         on_behalf_of_id=delegation.delegator_id if delegation else None,
         delegation_ends_at=delegation.ends_at if delegation else None,
+        scopes=[ScopeInput.of(scope) for scope in approver.scopes],
     )
-    await _send_update(handle.execute_update(ApprovalWorkflow.decide, command))
+    try:
+        await _send_update(handle.execute_update(ApprovalWorkflow.decide, command))
+    except OutOfScope as refused:  # the workflow's validator re-checked and refused
+        await asyncio.to_thread(_record_out_of_scope, rt, principal, origin, refused, what)
+        raise
     return await asyncio.to_thread(load, rt, request_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -39,7 +40,29 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=15, ge=1, alias="ACCESS_TOKEN_MINUTES")
     refresh_token_days: int = Field(default=7, ge=1, alias="REFRESH_TOKEN_DAYS")
     session_hours: int = Field(default=12, ge=1, alias="SESSION_HOURS")
+    session_idle_minutes: int = Field(default=30, ge=1, alias="SESSION_IDLE_MINUTES")
+    max_sessions_per_user: int = Field(default=5, ge=1, alias="MAX_SESSIONS_PER_USER")
+
+    # Login throttling: this many failures for one username inside the window lock it for
+    # the lockout; an IP address with this many failures (any usernames) is refused too.
+    login_max_failures: int = Field(default=5, ge=1, alias="LOGIN_MAX_FAILURES")
+    login_window_minutes: int = Field(default=15, ge=1, alias="LOGIN_WINDOW_MINUTES")
+    login_lockout_minutes: int = Field(default=15, ge=1, alias="LOGIN_LOCKOUT_MINUTES")
+    login_ip_max_failures: int = Field(default=100, ge=1, alias="LOGIN_IP_MAX_FAILURES")
+
+    # TOTP: the issuer shown in authenticator apps; how long a password-only sign-in may
+    # wait for its code; how recent an MFA check must be before a high-risk approval.
+    mfa_issuer: str = Field(default="Backoffice Admin", alias="MFA_ISSUER")
+    mfa_pending_minutes: int = Field(default=5, ge=1, alias="MFA_PENDING_MINUTES")
+    step_up_minutes: int = Field(default=5, ge=1, alias="STEP_UP_MINUTES")
+    # An approval is high-risk (needs a fresh code) from this amount (EUR) or for these actions.
+    step_up_amount: Decimal = Field(default=Decimal("10000"), gt=0, alias="STEP_UP_AMOUNT")
+    step_up_actions: list[str] = Field(
+        default_factory=lambda: ["player.close", "risk_rule.change"], alias="STEP_UP_ACTIONS"
+    )
     cookie_secure: bool = Field(default=False, alias="COOKIE_SECURE")
+    # Off only for load tests driven from the machine itself (bench/), never in service.
+    api_rate_limits: bool = Field(default=True, alias="API_RATE_LIMITS")
 
     platform_url: str | None = Field(default=None, alias="PLATFORM_URL")
     platform_secret: SecretStr = Field(

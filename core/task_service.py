@@ -26,6 +26,7 @@ from core.models import ApprovalRequest, Task, User
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
 from core.repositories.requests import CLAIM_STATES, SLA_STATES, TaskFilters
+from core.repositories.scope import PlayerScope
 from core.request_service import MAX_COMMENT, RequestError, refusal, text_problem
 from core.runtime import Runtime
 from policies.engine import parse_duration
@@ -356,6 +357,7 @@ def queue_rows(
     """My queue (what I may decide, whoever holds it) or my team's, due soonest first."""
     if scope not in SCOPES:
         raise RequestError(422, f"scope must be one of {', '.join(SCOPES)}", {"scope": "invalid"})
+    data_scope = PlayerScope.of(request_service.data_scope(rt, principal))
     if scope == "team":
         if not user.team:
             raise RequestError(422, "you are in no team, so there is no team queue")
@@ -366,6 +368,7 @@ def queue_rows(
             viewer_id=user.id,
             viewer_roles=None if sees_all else request_service.decider_roles(session, principal),
             filters=filters,
+            scope=data_scope,
             after=after,
             limit=limit,
         )
@@ -375,6 +378,7 @@ def queue_rows(
         roles=request_service.decider_roles(session, principal),
         team=user.team,
         filters=filters,
+        scope=data_scope,
         after=after,
         limit=limit,
     )

@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
+from activities.jit import JitActivities, JitGrantingPlatform
 from core.db import SessionFactory
 from core.platform import BuiltinPlatform, HttpPlatform, PlatformGateway
 from core.settings import Settings
@@ -30,20 +31,28 @@ from workflows.audit_checkpoint import (
     CHECKPOINT_SCHEDULE_ID,
     AuditCheckpointWorkflow,
 )
+from workflows.jit import JitAccessWorkflow
 
-WORKFLOWS: Sequence[type] = (ApprovalWorkflow, AuditCheckpointWorkflow)
+WORKFLOWS: Sequence[type] = (ApprovalWorkflow, AuditCheckpointWorkflow, JitAccessWorkflow)
 
 
 def build_activities(
     sessions: SessionFactory, audit_signing_key: bytes, platform_gateway: PlatformGateway
 ) -> list[Callable[..., Any]]:
-    approval = ApprovalActivities(sessions, platform_gateway)
+    # Approved elevations are granted in our database, never sent to the operator.
+    approval = ApprovalActivities(sessions, JitGrantingPlatform(platform_gateway, sessions))
     audit = AuditActivities(sessions, audit_signing_key)
+    jit = JitActivities(sessions)
     return [
         approval.record_transitions,
         approval.execute_action,
         approval.revert_action,
         audit.write_checkpoint,
+        jit.record_requested,
+        jit.attach_approval,
+        jit.settle_approval,
+        jit.grant_state,
+        jit.end_grant,
     ]
 
 

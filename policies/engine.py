@@ -78,12 +78,27 @@ class ScopeDef(_Strict):
         )
 
 
+class RateLimitDef(_Strict):
+    """API requests a holder (and each of their API keys) may make: `per_hour` on
+    average, and up to `burst` at once (the token bucket's size)."""
+
+    per_hour: int = Field(ge=1, le=1_000_000)
+    burst: int = Field(ge=1, le=100_000)
+
+
+# Who has no role with a `rate_limit` gets this one.
+DEFAULT_RATE_LIMIT = RateLimitDef(per_hour=1000, burst=300)
+
+
 class RoleDef(_Strict):
     department: str
     description: str
     workspaces: list[str] = Field(default_factory=list)
     permissions: list[str] = Field(default_factory=list)
     scope: ScopeDef
+    # Holders must sign in with an authenticator code (and set one up before anything else).
+    mfa_required: bool = False
+    rate_limit: RateLimitDef | None = None
 
 
 class ResourceDef(_Strict):
@@ -175,6 +190,9 @@ class ChainDef(_Strict):
     bulk_decisions: bool = False
     # A param of type datetime after which the executed change is undone automatically.
     reverts_with: str | None = None
+    # The page that asks for this action (it has a lifecycle of its own, e.g. JIT access);
+    # the generic request form and POST /api/v1/requests refuse it.
+    requested_from: str | None = None
     tiers: list[TierDef] = Field(min_length=1)
 
     @field_validator("expires_after")
@@ -288,9 +306,28 @@ class PolicyEngine:
         return granted
 
     def authorize(self, principal: Principal, permission: str) -> Decision:
+        if principal.permission_filter is not None:
+            if permission.partition(":")[2] == "approve":
+                return deny("api_key", "an API key cannot approve: deciding is a human act")
+            if not any(permission_matches(k, permission) for k in principal.permission_filter):
+                return deny("api_key", f"this API key does not carry '{permission}'")
         if any(permission_matches(g, permission) for g in self.permissions_of(principal)):
             return ALLOW
         return deny("forbidden", f"your roles do not grant '{permission}'")
+
+    def permission_problem(self, permission: str) -> str | None:
+        """What is wrong with a permission name, or None if the policy files know it."""
+        return _permission_problem(permission, self.roles.resources, set(self.chains.chains))
+
+    def rate_limit_of(self, principal: Principal) -> RateLimitDef:
+        """The most generous limit of the principal's roles (a role without one has the
+        default)."""
+        limits = [
+            self.roles.roles[role].rate_limit or DEFAULT_RATE_LIMIT
+            for role in principal.roles
+            if role in self.roles.roles
+        ] or [DEFAULT_RATE_LIMIT]
+        return max(limits, key=lambda limit: (limit.per_hour, limit.burst))
 
     def scope_of(self, principal: Principal) -> DataScope:
         """The data the principal's roles reach together (roles unknown to the file add none)."""
@@ -321,6 +358,15 @@ class PolicyEngine:
         if action not in self.chains.chains:
             return deny("unknown_action", f"'{action}' is not an action of the catalogue")
         return self.authorize(principal, f"{action}:request")
+
+    def may_request_generically(self, principal: Principal, action: str) -> Decision:
+        """may_request, for the one request form and API: an action asked for from a page
+        of its own is refused there."""
+        verdict = self.may_request(principal, action)
+        chain = self.chains.chains.get(action)
+        if verdict and chain is not None and chain.requested_from:
+            return deny("own_entry_point", f"'{action}' is asked for from {chain.requested_from}")
+        return verdict
 
     def validate_params(
         self, action: str, params: dict[str, Any], now: datetime

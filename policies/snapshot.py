@@ -50,3 +50,6 @@ class Principal:
     # The merged scope of the roles, when whoever built the principal worked it out;
     # None otherwise, and PolicyEngine.scope_of(principal) answers from the roles.
     scope: DataScope | None = None
+    # Set when the caller is an API key: only these of the roles' permissions count, and
+    # no "approve" verb ever does (deciding is a human act). None for a person.
+    permission_filter: frozenset[str] | None = None

@@ -16,6 +16,7 @@ from api.schemas import TaskOut, task_out
 from core import request_service, task_service
 from core.repositories import requests as requests_repo
 from core.repositories.requests import TaskFilters, TaskRow
+from core.repositories.scope import PlayerScope
 from core.request_service import RequestError
 from core.runtime import Runtime
 from core.task_service import BulkRefused
@@ -60,6 +61,7 @@ def _row_views(
             roles=request_service.decider_roles(session, viewer.principal),
             team=viewer.user.team,
             filters=TaskFilters(task_ids=[row.task.id for row in rows]),
+            scope=PlayerScope.of(request_service.data_scope(rt, viewer.principal)),
             limit=len(rows) or 1,
         )
         decidable = {row.task.id for row in mine}

@@ -26,6 +26,7 @@ from core.models import User
 from core.repositories import payments as payments_repo
 from core.repositories import requests as requests_repo
 from core.repositories import users as users_repo
+from core.repositories.scope import PlayerScope
 from core.request_service import NewRequest, RequestError
 from core.runtime import Runtime
 from core.security import new_token
@@ -104,6 +105,9 @@ class Viewer:
     csrf_token: str
     cookie: str
     workspaces: list[tuple[str, str]]
+    # auth.ACTIVE, or a session still owing its authenticator code or MFA enrolment.
+    stage: str = auth.ACTIVE
+    session_id: int = 0
 
 
 def _sessions(rt: RuntimeDep) -> Iterator[Session]:
@@ -114,22 +118,46 @@ def _sessions(rt: RuntimeDep) -> Iterator[Session]:
 WebSessionDep = Annotated[Session, Depends(_sessions)]
 
 
-def current_viewer(request: Request, rt: RuntimeDep, session: WebSessionDep) -> Viewer:
+def viewer_in_stages(
+    request: Request, rt: Runtime, session: Session, stages: tuple[str, ...]
+) -> Viewer:
+    """The signed-in person, if their session is live (not idle, not past its absolute end)
+    and in one of `stages`; otherwise the sign-in page."""
     cookie = request.cookies.get(SESSION_COOKIE)
-    found = auth.resolve_web_session(session, cookie) if cookie else None
-    if found is None or cookie is None:
+    origin = origin_of(request, "web")
+    found = auth.resolve_web_session(session, rt.settings, cookie, origin) if cookie else None
+    session.commit()  # the last-use time, or the revocation of an idle session
+    if found is None or cookie is None or found[1].stage not in stages:
         raise LoginRequired()
     user, web_session = found
     principal = users_repo.principal_for(session, user, rt.policy)
+    workspaces = rt.policy.workspaces_for(principal) if web_session.stage == auth.ACTIVE else []
     return Viewer(
-        user, principal, web_session.csrf_token, cookie, rt.policy.workspaces_for(principal)
+        user,
+        principal,
+        web_session.csrf_token,
+        cookie,
+        workspaces,
+        stage=web_session.stage,
+        session_id=web_session.id,
     )
 
 
+def current_viewer(request: Request, rt: RuntimeDep, session: WebSessionDep) -> Viewer:
+    return viewer_in_stages(request, rt, session, (auth.ACTIVE,))
+
+
+def any_stage_viewer(request: Request, rt: RuntimeDep, session: WebSessionDep) -> Viewer:
+    """Also a session owing its code or enrolment: for the MFA pages and signing out."""
+    stages = (auth.ACTIVE, auth.AWAITING_CODE, auth.MUST_ENROL)
+    return viewer_in_stages(request, rt, session, stages)
+
+
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]
+AnyStageViewerDep = Annotated[Viewer, Depends(any_stage_viewer)]
 
 
-async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
+async def csrf_checked_form(request: Request, viewer: Viewer) -> dict[str, str]:
     """The posted form, after the CSRF token (header or field) matched the session's."""
     form = await request.form()
     fields = {key: str(value) for key, value in form.items()}
@@ -137,6 +165,10 @@ async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
     if not hmac.compare_digest(sent.encode(), viewer.csrf_token.encode()):
         raise CsrfRefused()
     return fields
+
+
+async def checked_form(request: Request, viewer: ViewerDep) -> dict[str, str]:
+    return await csrf_checked_form(request, viewer)
 
 
 FormDep = Annotated[dict[str, str], Depends(checked_form)]
@@ -160,7 +192,7 @@ def base_context(viewer: Viewer, active: str) -> dict[str, Any]:
     return {"viewer": viewer, "active": active}
 
 
-def _safe_next(value: str | None) -> str:
+def safe_next(value: str | None) -> str:
     if value and value.startswith("/") and not value.startswith("//"):
         return value
     return "/tasks"
@@ -170,9 +202,21 @@ def _safe_next(value: str | None) -> str:
 
 
 @router.get("/login")
-def login_page(request: Request, next: str | None = None) -> Response:
+def login_page(
+    request: Request, rt: RuntimeDep, session: WebSessionDep, next: str | None = None
+) -> Response:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:  # a sign-in still owing its code or MFA set-up resumes there
+        origin = origin_of(request, "web")
+        found = auth.resolve_web_session(session, rt.settings, cookie, origin)
+        session.commit()
+        stage = found[1].stage if found else None
+        if stage == auth.AWAITING_CODE:
+            return RedirectResponse("/login/mfa?" + urlencode({"next": safe_next(next)}), 303)
+        if stage == auth.MUST_ENROL:
+            return RedirectResponse("/account/mfa", status_code=303)
     token = new_token()
-    response = render(request, "login.html", {"csrf_token": token, "next": _safe_next(next)})
+    response = render(request, "login.html", {"csrf_token": token, "next": safe_next(next)})
     response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login")
     return response
 
@@ -182,7 +226,7 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
     form = await request.form()
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
-    next_url = _safe_next(str(form.get("next", "")))
+    next_url = safe_next(str(form.get("next", "")))
     cookie_token = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     sent_token = str(form.get("csrf_token", ""))
     if not cookie_token or not hmac.compare_digest(cookie_token.encode(), sent_token.encode()):
@@ -211,31 +255,39 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
         )
     origin = origin_of(request, "web")
 
-    def sign_in() -> auth.NewWebSession | None:
+    def sign_in() -> tuple[auth.NewWebSession, str] | auth.AuthError:
         with rt.sessions() as session:
             try:
-                user = auth.authenticate(session, username, password, origin)
-            except auth.AuthError:
-                session.commit()
-                return None
-            opened = auth.open_web_session(session, rt.settings, user, origin)
+                signed_in = auth.sign_in(
+                    session, rt.settings, rt.policy, username, password, None, origin
+                )
+            except auth.AuthError as refused:
+                session.commit()  # the audited failure, and a lockout it caused
+                return refused
+            opened = auth.open_web_session(
+                session, rt.settings, signed_in.user, origin, signed_in.stage
+            )
             session.commit()
-            return opened
+            return opened, signed_in.stage
 
-    opened = await asyncio.to_thread(sign_in)
-    if opened is None:
+    outcome = await asyncio.to_thread(sign_in)
+    if isinstance(outcome, auth.AuthError):
+        throttled = isinstance(outcome, auth.LoginThrottled)
+        message = f"{str(outcome).capitalize()}." if throttled else "Wrong username or password."
         return render(
             request,
             "login.html",
-            {
-                "csrf_token": cookie_token,
-                "next": next_url,
-                "username": username,
-                "error": "Wrong username or password.",
-            },
-            status_code=401,
+            {"csrf_token": cookie_token, "next": next_url, "username": username, "error": message},
+            status_code=429 if throttled else 401,
         )
-    response = RedirectResponse(next_url, status_code=303)
+    opened, stage = outcome
+    # A session owing its code goes to the code form, one owing MFA set-up to enrolment.
+    after_password = {
+        auth.ACTIVE: next_url,
+        auth.AWAITING_CODE: "/login/mfa?" + urlencode({"next": next_url}),
+        auth.MUST_ENROL: "/account/mfa",
+    }
+    response = RedirectResponse(after_password[stage], status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         opened.cookie_value,
@@ -250,7 +302,12 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
 
 
 @router.post("/logout")
-def logout(request: Request, viewer: ViewerDep, form: FormDep, rt: RuntimeDep) -> Response:
+async def logout(request: Request, viewer: AnyStageViewerDep, rt: RuntimeDep) -> Response:
+    await csrf_checked_form(request, viewer)
+    return await asyncio.to_thread(_sign_out, request, viewer, rt)
+
+
+def _sign_out(request: Request, viewer: Viewer, rt: Runtime) -> Response:
     with rt.sessions() as session:
         auth.close_web_session(
             session, viewer.cookie, viewer.user.username, origin_of(request, "web")
@@ -366,7 +423,7 @@ def _requestable(rt: Runtime, viewer: Viewer) -> list[tuple[str, str]]:
     return [
         (name, chain.title)
         for name, chain in chains.items()
-        if rt.policy.may_request(viewer.principal, name)
+        if rt.policy.may_request_generically(viewer.principal, name)
     ]
 
 
@@ -376,7 +433,7 @@ def _chosen_action(
     """(action to show, why the asked one cannot be, HTTP status) for the asked action."""
     if not asked:
         return (requestable[0][0] if requestable else None), None, 200
-    verdict = rt.policy.may_request(viewer.principal, asked)
+    verdict = rt.policy.may_request_generically(viewer.principal, asked)
     if verdict:
         return asked, None, 200
     if verdict.code == "unknown_action":
@@ -510,7 +567,14 @@ def _new_request_context(
         "status_code": status,
         "target_label": labels.get("target", ""),
         "payments": (
-            payments_repo.page(session, status="pending", kind="withdrawal", limit=200)
+            payments_repo.page(
+                session,
+                status="pending",
+                kind="withdrawal",
+                scope=PlayerScope.of(request_service.data_scope(rt, viewer.principal)),
+                within_limit=True,
+                limit=200,
+            )
             if action == "payment.withdrawal"
             else []
         ),

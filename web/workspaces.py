@@ -26,10 +26,12 @@ from core import audit
 from core.models import Affiliate, BonusCampaign, Game, Player, RiskRule
 from core.repositories import platform as platform_repo
 from core.repositories import requests as requests_repo
+from core.repositories.scope import PlayerScope
+from core.request_service import data_scope
 from core.runtime import Runtime
 from core.times import parse_utc
 from policies.engine import within_scope
-from policies.snapshot import EVERY, DataScope
+from policies.snapshot import DataScope
 from web.routes import PAGE_SIZE, Viewer, ViewerDep, WebSessionDep, base_context, render
 
 router = APIRouter(include_in_schema=False)
@@ -272,14 +274,10 @@ class ListContext:
 
     @property
     def scope(self) -> DataScope:
-        return self.rt.policy.scope_of(self.viewer.principal)
+        return data_scope(self.rt, self.viewer.principal)
 
-    def players_in_scope(self) -> platform_repo.PlayerScope:
-        scope = self.scope
-        return platform_repo.PlayerScope(
-            None if scope.regions == EVERY else scope.regions,
-            None if scope.segments == EVERY else scope.segments,
-        )
+    def players_in_scope(self) -> PlayerScope:
+        return PlayerScope.of(self.scope)
 
     def id_cursor(self) -> str | None:
         if self.cursor is not None and not ENTITY_ID.match(self.cursor):
@@ -415,6 +413,7 @@ def list_commissions(ctx: ListContext) -> Listing:
         _affiliate_filters(ctx),
         month_start=start,
         month_end=end,
+        scope=ctx.players_in_scope(),
         after=ctx.id_cursor(),
         limit=PAGE_SIZE + 1,
     )
@@ -448,15 +447,17 @@ def _request_key(request: Any) -> str:
 
 
 def list_reconciliation(ctx: ListContext) -> Listing:
+    scope = ctx.players_in_scope()
     rows = platform_repo.reconciliation(
         ctx.session,
+        scope=scope,
         state=ctx.value("state") or "needs_attention",
         query=ctx.value("q"),
         before=_request_cursor(ctx.cursor),
         limit=PAGE_SIZE + 1,
     )
     listing = _paged(ctx, rows, lambda r: _request_key(r.request))
-    listing.extra = {"counts": platform_repo.reconciliation_counts(ctx.session)}
+    listing.extra = {"counts": platform_repo.reconciliation_counts(ctx.session, scope)}
     return listing
 
 
@@ -464,6 +465,7 @@ def list_requests(ctx: ListContext) -> Listing:
     rows = requests_repo.request_page(
         ctx.session,
         requester_id=None,
+        scope=ctx.players_in_scope(),
         status=ctx.value("status"),
         action=ctx.value("action"),
         policy_version=ctx.value("policy_version"),

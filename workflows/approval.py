@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.approval import ApprovalActivities
+    from policies.engine import within_scope
     from policies.rules import Decision, check_approval_decision, check_cancel, deny
     from workflows.contracts import (
         APPROVED,
@@ -117,6 +118,8 @@ class ApprovalWorkflow:
                     "params": dict(request.params),
                     "reason": request.reason,
                     "requester_id": request.requester_id,
+                    "region": request.region,
+                    "segment": request.segment,
                     "chain": dataclasses.asdict(chain),
                     "expires_at": expires_at.isoformat(),
                 },
@@ -248,6 +251,16 @@ class ApprovalWorkflow:
         )
         if not verdict:
             return verdict
+        request = self._request
+        for scope in decision.scopes:
+            verdict = within_scope(
+                scope.data_scope(),
+                region=request.region,
+                segment=request.segment,
+                amount=request.params.get("amount") or None,
+            )
+            if not verdict:
+                return verdict
         if (
             decision.delegation_ends_at is not None
             and workflow.now() >= decision.delegation_ends_at

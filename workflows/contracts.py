@@ -2,9 +2,10 @@
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from policies.snapshot import ChainSnapshot
+from policies.snapshot import EVERY, ChainSnapshot, DataScope
 
 APPROVAL_WORKFLOW_PREFIX = "approval-"
 
@@ -46,6 +47,35 @@ class ApprovalInput:
     chain: ChainSnapshot
     origin: Origin = field(default_factory=Origin)
     requester_team: str | None = None
+    # The region and segment of the player the target belongs to, taken at submission;
+    # None when it is no player's (and in requests started before they were recorded).
+    region: str | None = None
+    segment: str | None = None
+
+
+@dataclass(frozen=True)
+class ScopeInput:
+    """A DataScope as plain values a workflow payload can carry: ["*"] reaches every
+    region or segment; max_amount None is no limit."""
+
+    regions: list[str]
+    segments: list[str]
+    max_amount: str | None = None
+
+    @classmethod
+    def of(cls, scope: DataScope) -> "ScopeInput":
+        return cls(
+            regions=[EVERY] if scope.regions == EVERY else sorted(scope.regions),
+            segments=[EVERY] if scope.segments == EVERY else sorted(scope.segments),
+            max_amount=None if scope.max_amount is None else str(scope.max_amount),
+        )
+
+    def data_scope(self) -> DataScope:
+        return DataScope(
+            regions=EVERY if EVERY in self.regions else frozenset(self.regions),
+            segments=EVERY if EVERY in self.segments else frozenset(self.segments),
+            max_amount=None if self.max_amount is None else Decimal(self.max_amount),
+        )
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,9 @@ class DecisionInput:
     on_behalf_of: str | None = None
     on_behalf_of_id: int | None = None
     delegation_ends_at: datetime | None = None
+    # Each must cover the request: the decider's own data scope and, under a delegation,
+    # the delegator's. Empty in decisions recorded before scopes were checked.
+    scopes: list[ScopeInput] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
-"""Token issue and refresh for API clients; who am I."""
+"""Token issue and refresh for API clients; who am I; clearing a sign-in lockout."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from typing import Annotated
 
-from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of
+from fastapi import APIRouter, HTTPException, Path, Request, status
+
+from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of, require
 from api.schemas import MeOut, RefreshRequest, TokenRequest, TokenResponse, scope_out
-from core.auth import AuthError, authenticate, issue_tokens, rotate_refresh_token
+from core import auth
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
+MANAGE_SESSIONS = "sessions:manage"
 
 
 def _unauthorized(message: str) -> HTTPException:
@@ -17,15 +20,40 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
+def _refusal(exc: auth.AuthError) -> HTTPException:
+    if isinstance(exc, auth.LoginThrottled):
+        return HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    return _unauthorized(str(exc))
+
+
 @router.post("/auth/token", response_model=TokenResponse)
 def create_token(body: TokenRequest, request: Request, session: SessionDep, rt: RuntimeDep):
-    """Exchange a username and password for an access token and a refresh token."""
+    """Exchange a username and password (and `totp`, once MFA is set up) for tokens.
+
+    Too many failures lock the username (and throttle the address): 429 with Retry-After.
+    """
+    origin = origin_of(request, "api")
     try:
-        user = authenticate(session, body.username, body.password, origin_of(request, "api"))
-    except AuthError as exc:
-        session.commit()  # keep the audited failure
-        raise _unauthorized(str(exc)) from None
-    pair = issue_tokens(session, rt.settings, user)
+        signed_in = auth.sign_in(
+            session, rt.settings, rt.policy, body.username, body.password, body.totp, origin
+        )
+    except auth.AuthError as exc:
+        session.commit()  # keep the audited failure and any lockout
+        raise _refusal(exc) from None
+    session.commit()
+    if signed_in.stage == auth.AWAITING_CODE:
+        raise _unauthorized('authenticator code required: send it as "totp"')
+    if signed_in.stage == auth.MUST_ENROL:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "your role requires multi-factor authentication: set it up at /account/mfa "
+            "in the web console first",
+        )
+    pair = auth.issue_tokens(session, rt.settings, signed_in.user)
     session.commit()
     return TokenResponse(
         access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
@@ -36,16 +64,34 @@ def create_token(body: TokenRequest, request: Request, session: SessionDep, rt: 
 def refresh_token(body: RefreshRequest, request: Request, session: SessionDep, rt: RuntimeDep):
     """Rotate a refresh token. A token used twice revokes every token of its login."""
     try:
-        pair = rotate_refresh_token(
+        pair = auth.rotate_refresh_token(
             session, rt.settings, body.refresh_token, origin_of(request, "api")
         )
-    except AuthError as exc:
+    except auth.AuthError as exc:
         session.commit()  # keep the revocation of a reused family
         raise _unauthorized(str(exc)) from None
     session.commit()
     return TokenResponse(
         access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in
     )
+
+
+@router.delete("/auth/lockouts/{username}", status_code=204)
+def clear_lockout(
+    username: Annotated[str, Path(min_length=1, max_length=64)],
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    rt: RuntimeDep,
+):
+    """Unlock a username: its failed sign-ins stop counting (sessions:manage)."""
+    require(rt, caller.principal, MANAGE_SESSIONS)
+    cleared = auth.unlock(session, username, caller.user.username, origin_of(request, "api"))
+    if not cleared:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"no failed sign-ins to clear for {username}"
+        )
+    session.commit()
 
 
 @router.get("/me", response_model=MeOut)

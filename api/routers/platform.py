@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Query
 from api.deps import CallerDep, RuntimeDep, SessionDep, require
 from api.schemas import Page, PaymentOut
 from core.repositories import payments as payments_repo
+from core.repositories.scope import PlayerScope
+from core.request_service import data_scope
 
 router = APIRouter(prefix="/api/v1", tags=["platform"])
 
@@ -26,13 +28,21 @@ def list_payments(
     cursor: Annotated[str | None, Query(max_length=32)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ):
-    """Payments ordered by id; `cursor` is the `next` of the previous page."""
+    """Payments of the players in the caller's data scope (regions and segments), ordered
+    by id; `cursor` is the `next` of the previous page."""
     require(rt, caller.principal, "payments:view")
     if status is not None and status not in PAYMENT_STATUSES:
         raise HTTPException(422, f"status must be one of {', '.join(PAYMENT_STATUSES)}")
     if kind is not None and kind not in PAYMENT_KINDS:
         raise HTTPException(422, f"kind must be one of {', '.join(PAYMENT_KINDS)}")
-    rows = payments_repo.page(session, status=status, kind=kind, after_id=cursor, limit=limit + 1)
+    rows = payments_repo.page(
+        session,
+        status=status,
+        kind=kind,
+        scope=PlayerScope.of(data_scope(rt, caller.principal)),
+        after_id=cursor,
+        limit=limit + 1,
+    )
     items = [
         PaymentOut(
             id=row.payment.id,

@@ -21,6 +21,7 @@ from api.schemas import (
 )
 from core import request_service
 from core.repositories import requests as requests_repo
+from core.repositories.scope import EVERY_PLAYER, PlayerScope
 from core.request_service import NewRequest, RequestError
 from workflows.contracts import TERMINAL_STATUSES
 
@@ -84,6 +85,12 @@ def list_requests(
     rows = requests_repo.request_page(
         session,
         requester_id=None if scope == "all" else caller.user.id,
+        # Everyone's requests narrow to the caller's data scope; their own are all theirs.
+        scope=(
+            PlayerScope.of(request_service.data_scope(rt, caller.principal))
+            if scope == "all"
+            else EVERY_PLAYER
+        ),
         status=status_filter,
         action=action,
         before=before,
@@ -125,7 +132,13 @@ async def decide(
     """Approve or reject the request's current step."""
     try:
         await request_service.decide(
-            rt, caller.principal, request_id, body.decision, body.comment, origin_of(request, "api")
+            rt,
+            caller.principal,
+            request_id,
+            body.decision,
+            body.comment,
+            origin_of(request, "api"),
+            totp=body.totp,
         )
     except RequestError as err:
         raise _http(err) from None

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.models import ApprovalRequest, Payment, Player
+from core.repositories.scope import EVERY_PLAYER, PlayerScope
 
 OPEN_REQUEST_STATUSES = ("pending", "approved")
 
@@ -31,10 +32,13 @@ def page(
     *,
     status: str | None = None,
     kind: str | None = None,
+    scope: PlayerScope = EVERY_PLAYER,
+    within_limit: bool = False,
     after_id: str | None = None,
     limit: int = 50,
 ) -> list[PaymentRow]:
-    """Ordered by id; keyset-paginated with `after_id`."""
+    """Payments of the players in `scope`, ordered by id; keyset-paginated with `after_id`.
+    `within_limit`: only amounts up to the scope's limit (those one may act on)."""
     open_request = (
         select(ApprovalRequest.id)
         .where(
@@ -57,6 +61,11 @@ def page(
         stmt = stmt.where(Payment.kind == kind)
     if after_id is not None:
         stmt = stmt.where(Payment.id > after_id)
+    for condition in scope.conditions():
+        if condition is not None:
+            stmt = stmt.where(condition)
+    if within_limit and scope.max_amount is not None:
+        stmt = stmt.where(Payment.amount <= scope.max_amount)
     return [
         PaymentRow(payment, player, request_id)
         for payment, player, request_id in session.execute(stmt)

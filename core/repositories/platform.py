@@ -41,6 +41,7 @@ from core.models import (
 )
 from core.repositories.payments import OPEN_REQUEST_STATUSES
 from core.repositories.requests import RequestCursor, created_before
+from core.repositories.scope import EVERY_PLAYER, PlayerScope
 from core.repositories.text_search import matches_any
 
 ZERO = Decimal("0")
@@ -54,9 +55,7 @@ def _page_by_id(
     after: str | None,
     limit: int,
 ) -> list[Any]:
-    for condition in conditions:
-        if condition is not None:
-            stmt = stmt.where(condition)
+    stmt = _where(stmt, conditions)
     if after is not None:
         stmt = stmt.where(id_column > after)
     return list(session.execute(stmt.order_by(id_column).limit(limit)))
@@ -66,21 +65,11 @@ def _equals(column: Any, value: object | None) -> ColumnElement[bool] | None:
     return None if value is None else column == value
 
 
-@dataclass(frozen=True)
-class PlayerScope:
-    """The players a viewer's roles reach; None in a dimension reaches every value."""
-
-    regions: Collection[str] | None = None
-    segments: Collection[str] | None = None
-
-    def conditions(self) -> list[ColumnElement[bool] | None]:
-        return [
-            None if self.regions is None else Player.region.in_(list(self.regions)),
-            None if self.segments is None else Player.segment.in_(list(self.segments)),
-        ]
-
-
-EVERY_PLAYER = PlayerScope()
+def _where(stmt: Any, conditions: Sequence[ColumnElement[bool] | None]) -> Any:
+    for condition in conditions:
+        if condition is not None:
+            stmt = stmt.where(condition)
+    return stmt
 
 
 # --- entities ------------------------------------------------------------------------
@@ -281,10 +270,7 @@ def segments(session: Session, scope: PlayerScope = EVERY_PLAYER) -> list[Segmen
         func.count().label("players"),
         func.count().filter(Player.status == "active").label("active"),
     ).group_by(Player.segment)
-    for condition in scope.conditions():
-        if condition is not None:
-            people_stmt = people_stmt.where(condition)
-    people = people_stmt.subquery()
+    people = _where(people_stmt, scope.conditions()).subquery()
     money = (
         select(
             BonusCampaign.segment.label("segment"),
@@ -464,6 +450,7 @@ class ReconciliationRow:
 def reconciliation(
     session: Session,
     *,
+    scope: PlayerScope = EVERY_PLAYER,
     state: str = "needs_attention",
     query: str | None = None,
     before: RequestCursor | None = None,
@@ -483,13 +470,18 @@ def reconciliation(
         stmt = stmt.where(mismatch.in_(MISMATCHES))
     else:
         stmt = stmt.where(mismatch == state)
-    for condition in (matches_any(query, ApprovalRequest.target), created_before(before)):
-        if condition is not None:
-            stmt = stmt.where(condition)
+    stmt = _where(
+        stmt,
+        [
+            matches_any(query, ApprovalRequest.target),
+            created_before(before),
+            *scope.request_conditions(with_amount=False),
+        ],
+    )
     return [ReconciliationRow(*row) for row in session.execute(stmt)]
 
 
-def reconciliation_counts(session: Session) -> dict[str, int]:
+def reconciliation_counts(session: Session, scope: PlayerScope = EVERY_PLAYER) -> dict[str, int]:
     """How many withdrawal requests are in each reconciliation state."""
     mismatch = _mismatch()
     stmt = (
@@ -499,6 +491,7 @@ def reconciliation_counts(session: Session) -> dict[str, int]:
         .where(ApprovalRequest.action == WITHDRAWAL)
         .group_by(mismatch)
     )
+    stmt = _where(stmt, scope.request_conditions(with_amount=False))
     counts: dict[str, int] = {name: count for name, count in session.execute(stmt)}
     counts["needs_attention"] = sum(counts.get(name, 0) for name in MISMATCHES)
     return counts
@@ -540,18 +533,21 @@ def commissions(
     *,
     month_start: datetime,
     month_end: datetime,
+    scope: PlayerScope = EVERY_PLAYER,
     after: str | None = None,
     limit: int = 25,
 ) -> list[Commission]:
-    """A page of affiliates (by id) with their referred players' payments in the month."""
+    """A page of affiliates (by id) with their referred players' payments in the month;
+    only the players in `scope` count, so the figures reveal nothing outside it."""
     page = affiliates(session, filters, after=after, limit=limit)
     ids = [affiliate.id for affiliate in page]
     if not ids:
         return []
+    players_in_scope = [c for c in scope.conditions() if c is not None]
     referred = dict(
         session.execute(
             select(Player.affiliate_id, func.count())
-            .where(Player.affiliate_id.in_(ids))
+            .where(Player.affiliate_id.in_(ids), *players_in_scope)
             .group_by(Player.affiliate_id)
         ).all()
     )
@@ -567,14 +563,19 @@ def commissions(
                 func.coalesce(func.sum(Payment.amount).filter(Payment.kind == "withdrawal"), ZERO),
             )
             .join(Player, Player.id == Payment.player_id)
-            .where(Player.affiliate_id.in_(ids), in_month)
+            .where(Player.affiliate_id.in_(ids), in_month, *players_in_scope)
             .group_by(Player.affiliate_id)
         )
     }
     first_deposit = (
         select(Player.affiliate_id.label("affiliate_id"), func.min(Payment.paid_at).label("first"))
         .join(Player, Player.id == Payment.player_id)
-        .where(Player.affiliate_id.in_(ids), Payment.kind == "deposit", Payment.status == "paid")
+        .where(
+            Player.affiliate_id.in_(ids),
+            Payment.kind == "deposit",
+            Payment.status == "paid",
+            *players_in_scope,
+        )
         .group_by(Player.id, Player.affiliate_id)
         .subquery()
     )

@@ -35,6 +35,7 @@ from core.models import (
     UserRole,
 )
 from core.repositories.payments import OPEN_REQUEST_STATUSES
+from core.repositories.scope import EVERY_PLAYER, PlayerScope
 from core.repositories.text_search import matches_any
 
 OPEN = "open"
@@ -232,13 +233,16 @@ def task_queue(
     roles: Collection[str],
     team: str | None = None,
     filters: TaskFilters | None = None,
+    scope: PlayerScope = EVERY_PLAYER,
     after: TaskCursor | None = None,
     limit: int = 50,
     now: datetime | None = None,
 ) -> list[TaskRow]:
     """Open steps the user may decide on now, whoever holds them: due soonest first.
 
-    `team` is the user's own team: a step closed to the requester's team is left out.
+    `team` is the user's own team: a step closed to the requester's team is left out;
+    `scope` is the user's data scope: a request about a player outside it, or above its
+    limit, is left out.
     """
     already_decided = exists().where(
         Decision.request_id == Task.request_id, Decision.user_id == user_id
@@ -251,6 +255,9 @@ def task_queue(
     )
     if team is not None:
         stmt = stmt.where(~and_(_step_excludes_requester_team(), requester.team == team))
+    for condition in scope.request_conditions(with_amount=True):
+        if condition is not None:
+            stmt = stmt.where(condition)
     stmt = _apply_filters(stmt, filters or TaskFilters(), user_id, now or datetime.now(UTC))
     return _rows(session, stmt)
 
@@ -274,6 +281,7 @@ def request_page(
     session: Session,
     *,
     requester_id: int | None,
+    scope: PlayerScope = EVERY_PLAYER,
     status: str | None = None,
     action: str | None = None,
     policy_version: str | None = None,
@@ -282,7 +290,8 @@ def request_page(
     limit: int = 50,
 ) -> list[tuple[ApprovalRequest, str]]:
     """Newest first. `requester_id=None` lists everyone's (for roles that may see all);
-    `query` matches the target or the request id."""
+    `scope` leaves out requests about players outside it; `query` matches the target or
+    the request id."""
     stmt = (
         select(ApprovalRequest, User.username)
         .join(User, User.id == ApprovalRequest.requester_id)
@@ -296,6 +305,7 @@ def request_page(
         None if policy_version is None else ApprovalRequest.policy_version == policy_version,
         matches_any(query, ApprovalRequest.target, cast(ApprovalRequest.id, String)),
         created_before(before),
+        *scope.request_conditions(with_amount=False),
     ):
         if condition is not None:
             stmt = stmt.where(condition)
@@ -336,6 +346,8 @@ def insert_request(
     chain: dict[str, Any],
     created_at: datetime,
     expires_at: datetime,
+    region: str | None = None,
+    segment: str | None = None,
 ) -> None:
     amount = params.get("amount")
     session.add(
@@ -348,6 +360,8 @@ def insert_request(
             amount=Decimal(amount) if amount is not None else None,
             reason=reason,
             requester_id=requester_id,
+            region=region,
+            segment=segment,
             status="pending",
             policy_version=policy_version,
             chain=chain,
@@ -528,12 +542,14 @@ def team_queue(
     viewer_id: int,
     viewer_roles: Collection[str] | None,
     filters: TaskFilters | None = None,
+    scope: PlayerScope = EVERY_PLAYER,
     after: TaskCursor | None = None,
     limit: int = 50,
     now: datetime | None = None,
 ) -> list[TaskRow]:
     """Open steps some member of `team` could decide now, or that a member holds; only of
-    requests the viewer may see (`viewer_roles` None: every request)."""
+    requests the viewer may see (`viewer_roles` None: every request) about players in the
+    viewer's `scope`."""
     member = aliased(User)
     stmt, requester = _queue_select(after, limit)
     holds_a_step_role = (
@@ -568,6 +584,9 @@ def team_queue(
     stmt = stmt.where(or_(team_may_decide, held_by_member))
     if viewer_roles is not None:
         stmt = stmt.where(visible_to(viewer_id, viewer_roles))
+    for condition in scope.request_conditions(with_amount=False):
+        if condition is not None:
+            stmt = stmt.where(condition)
     stmt = _apply_filters(stmt, filters or TaskFilters(), viewer_id, now or datetime.now(UTC))
     return _rows(session, stmt)
 

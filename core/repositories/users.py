@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.models import RefreshToken, User, UserRole, WebSession
+from core.models import JitGrant, RefreshToken, User, UserRole, WebSession
 from policies.engine import PolicyEngine
 from policies.snapshot import Principal
 
@@ -27,9 +27,24 @@ def roles_of(session: Session, user_id: int) -> frozenset[str]:
     return frozenset(rows)
 
 
+def active_jit_roles(session: Session, user_id: int) -> frozenset[str]:
+    """Roles of just-in-time grants in force now: an expired one counts for nothing even
+    while its revoking timer is late."""
+    rows = session.execute(
+        select(JitGrant.role).where(
+            JitGrant.user_id == user_id,
+            JitGrant.status == "active",
+            JitGrant.revoked_at.is_(None),
+            JitGrant.expires_at > func.now(),
+        )
+    ).scalars()
+    return frozenset(rows)
+
+
 def principal_for(session: Session, user: User, policy: PolicyEngine | None = None) -> Principal:
-    """The user as the policy engine sees them; with `policy`, carrying their merged scope."""
-    roles = roles_of(session, user.id)
+    """The user as the policy engine sees them (their roles and just-in-time grants in
+    force); with `policy`, carrying their merged scope."""
+    roles = roles_of(session, user.id) | active_jit_roles(session, user.id)
     principal = Principal(user_id=user.id, username=user.username, roles=roles)
     if policy is None:
         return principal

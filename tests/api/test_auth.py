@@ -7,6 +7,8 @@ Each refusal is checked from the outside (status code and message) and from the 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -16,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 from sqlalchemy import func, select
 
@@ -240,6 +244,23 @@ async def test_alg_none_token_is_401(api, sessions):
 async def test_hs512_token_with_the_right_key_is_401(api, sessions, settings):
     token = jwt.encode(claims_for(user_id(sessions, "admin")), secret(settings), algorithm="HS512")
     refused(await me(api, token), "invalid or expired token")
+
+
+async def test_rs256_tokens_are_401_whoever_signed_them(api, sessions, settings):
+    """HS/RS confusion: a token claiming RS256 is refused, signed with an RSA key or with
+    our HMAC secret (the attack where a verifier uses its key for whatever alg is named)."""
+    claims = claims_for(user_id(sessions, "admin"))
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    refused(await me(api, jwt.encode(claims, pem.decode(), algorithm="RS256")), "invalid")
+    signing_input = f"{b64url({'alg': 'RS256', 'typ': 'JWT'})}.{b64url(claims)}"
+    mac = hmac.new(secret(settings).encode(), signing_input.encode(), hashlib.sha256).digest()
+    confused = f"{signing_input}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+    refused(await me(api, confused), "invalid or expired token")
 
 
 async def test_token_signed_with_another_key_is_401(api, sessions):
