@@ -20,6 +20,7 @@ from api.routers import (
     jit,
     platform,
     requests,
+    role_admin,
     roles,
     tasks,
 )
@@ -33,7 +34,9 @@ from web import account as web_account
 from web import delegations as web_delegations
 from web import jit as web_jit
 from web import queue as web_queue
+from web import role_admin as web_role_admin
 from web import routes as web_routes
+from web import sso as web_sso
 from web import workspaces as web_workspaces
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
@@ -117,6 +120,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         tasks,
         delegations,
         roles,
+        role_admin,
         jit,
         api_keys,
         platform,
@@ -129,6 +133,8 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         web_delegations,
         web_jit,
         web_account,
+        web_sso,
+        web_role_admin,
         web_workspaces,
     ):
         app.include_router(page_module.router)
