@@ -13,7 +13,7 @@ from fastapi import Depends, HTTPException, Path, Request, Response, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from core import api_keys, rate_limit
+from core import api_keys, denials, rate_limit
 from core.auth import AuthError, user_from_access_token
 from core.models import ApiKey, User
 from core.repositories import users as users_repo
@@ -129,9 +129,15 @@ def origin_of(request: Request, channel: str) -> Origin:
     return Origin(channel=channel, ip=client, device=request.headers.get("user-agent"))
 
 
+# Where refusals from `require` came from (the caller's address is not at hand there).
+API_ORIGIN = Origin(channel="api")
+
+
 def require(rt: Runtime, principal: Principal, permission: str) -> None:
+    """403 unless the principal holds the permission; every refusal is recorded."""
     verdict = rt.policy.authorize(principal, permission)
     if not verdict:
+        denials.record_denial(rt, principal, permission, verdict.reason, API_ORIGIN)
         raise HTTPException(status.HTTP_403_FORBIDDEN, verdict.reason)
 
 

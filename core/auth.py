@@ -60,7 +60,7 @@ class StepUpRequired(AuthError):
     """A high-risk action needs a recent authenticator code."""
 
 
-def _security_event(
+def security_event(
     session: Session,
     action: str,
     username: str,
@@ -144,12 +144,12 @@ def _record_failure(
     sessions_repo.add_failure(session, username, origin.ip, reason, now)
     if user is not None:
         action = "auth.mfa_failed" if reason.startswith("mfa") else "auth.login_failed"
-        _security_event(session, action, user.username, origin, {"reason": reason})
+        security_event(session, action, user.username, origin, {"reason": reason})
     until = locked_until(session, settings, username, now)
     if until is None:
         return
     if user is not None:
-        _security_event(
+        security_event(
             session,
             "auth.lockout",
             user.username,
@@ -166,7 +166,7 @@ def unlock(session: Session, username: str, actor: str, origin: Origin) -> int:
     """An administrator clears a username's failures (and so its lock). Returns how many."""
     cleared = sessions_repo.clear_failures(session, username, datetime.now(UTC))
     if cleared and users_repo.by_username(session, username) is not None:
-        _security_event(session, "auth.unlock", username, origin, {"cleared": cleared}, actor)
+        security_event(session, "auth.unlock", username, origin, {"cleared": cleared}, actor)
     return cleared
 
 
@@ -271,11 +271,11 @@ def confirm_enrolment(
         raise AuthError("start the set-up again: no pending authenticator secret")
     verify_code(session, settings, user, code, origin, "enrolment")
     user.mfa_enabled_at = datetime.now(UTC)
-    _security_event(session, "auth.mfa_enrolled", user.username, origin, {})
+    security_event(session, "auth.mfa_enrolled", user.username, origin, {})
 
 
 def record_step_up(session: Session, user: User, origin: Origin, purpose: str) -> None:
-    _security_event(session, "auth.mfa_step_up", user.username, origin, {"for": purpose})
+    security_event(session, "auth.mfa_step_up", user.username, origin, {"for": purpose})
 
 
 def is_high_risk(settings: Settings, action: str, amount: Decimal | None) -> bool:
@@ -334,7 +334,7 @@ def authenticate(
 
 def complete_login(session: Session, user: User, origin: Origin, *, mfa: bool) -> None:
     sessions_repo.clear_failures(session, user.username, datetime.now(UTC))
-    _security_event(
+    security_event(
         session, "auth.login", user.username, origin, {"channel": origin.channel, "mfa": mfa}
     )
 
@@ -363,7 +363,7 @@ def sign_in(
         complete_login(session, user, origin, mfa=True)
         return SignIn(user, ACTIVE)
     if mfa_required(policy, users_repo.roles_of(session, user.id)):
-        _security_event(session, "auth.mfa_enrolment_required", user.username, origin, {})
+        security_event(session, "auth.mfa_enrolment_required", user.username, origin, {})
         return SignIn(user, MUST_ENROL)
     complete_login(session, user, origin, mfa=False)
     return SignIn(user, ACTIVE)
@@ -420,7 +420,7 @@ def rotate_refresh_token(
     now = datetime.now(UTC)
     if stored.used_at is not None:
         users_repo.revoke_token_family(session, stored.family_id, now)
-        _security_event(
+        security_event(
             session, "auth.refresh_reuse", user.username, origin, {"family": stored.family_id}
         )
         raise AuthError("refresh token already used; every session of this login is revoked")
@@ -459,7 +459,7 @@ def _revoke(
 ) -> None:
     web_session.revoked_at = datetime.now(UTC)
     web_session.revoked_reason = reason
-    _security_event(
+    security_event(
         session,
         "auth.session_revoked",
         username,
@@ -547,7 +547,7 @@ def close_web_session(session: Session, cookie_value: str, username: str, origin
     if web_session is not None and web_session.revoked_at is None:
         web_session.revoked_at = datetime.now(UTC)
         web_session.revoked_reason = "signed out"
-    _security_event(session, "auth.logout", username, origin, {})
+    security_event(session, "auth.logout", username, origin, {})
 
 
 def revoke_session(

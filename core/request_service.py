@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core import auth, platform_actions
-from core.auth import _security_event as record_security_event
+from core.auth import security_event as record_security_event
 from core.db import transaction
 from core.models import ApprovalRequest, Player, User
 from core.repositories import delegations as delegations_repo
