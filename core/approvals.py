@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core import audit
+from core.events import notify_request_changed
 from core.repositories import requests as requests_repo
 from workflows.contracts import (
     APPROVED,
@@ -23,7 +22,6 @@ from workflows.contracts import (
     approval_workflow_id,
 )
 
-EVENTS_CHANNEL = "backoffice_events"
 _HIGH = "high"
 
 # kind -> (audit action, sensitivity)
@@ -81,13 +79,7 @@ def record_transition(session: Session, transition: Transition) -> bool:
     if not result.created:
         return False
     _apply_read_model(session, transition, request_id, result.event.event_id)
-    session.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {
-            "channel": EVENTS_CHANNEL,
-            "payload": json.dumps({"request_id": transition.request_id, "kind": transition.kind}),
-        },
-    )
+    notify_request_changed(session, uuid.UUID(transition.request_id), transition.kind)
     return True
 
 

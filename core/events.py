@@ -13,9 +13,8 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from core.approvals import EVENTS_CHANNEL
-
 log = logging.getLogger(__name__)
+EVENTS_CHANNEL = "backoffice_events"
 QUEUE_SIZE = 100
 RECONNECT_SECONDS = 2.0
 
