@@ -26,6 +26,7 @@ from api.routers import (
 )
 from core.db import make_engine, make_session_factory
 from core.events import EventHub, libpq_url
+from core.request_service import RequestError
 from core.runtime import Runtime
 from core.settings import Settings, get_settings
 from core.temporal import connect
@@ -110,6 +111,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             for e in exc.errors()
         ]
         return JSONResponse({"detail": _readable(exc), "errors": errors}, status_code=422)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, exc: RequestError) -> JSONResponse:
+        """A service's refusal (policy, state, bad input) as the API's 4xx with a detail."""
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     app.add_exception_handler(web_routes.LoginRequired, web_routes.login_required_handler)
     app.add_exception_handler(web_routes.CsrfRefused, web_routes.csrf_refused_handler)

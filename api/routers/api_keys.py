@@ -6,14 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import MAX_ROW_ID, CallerDep, PathRowId, RuntimeDep, SessionDep, origin_of
 from api.schemas import ApiKeyCreate, ApiKeyIssued, ApiKeyOut, Page
 from core import api_keys
 from core.api_keys import KeyRow, NewApiKey
-from core.request_service import RequestError
 from core.runtime import Runtime
 from policies.snapshot import Principal
 
@@ -49,13 +48,10 @@ async def create_api_key(body: ApiKeyCreate, request: Request, caller: CallerDep
     new = NewApiKey(
         name=body.name, expires_at=body.expires_at, permissions=body.permissions, owner=body.owner
     )
-    try:
-        issued = await run_in_threadpool(
-            api_keys.create, rt, caller.principal, new, origin_of(request, "api")
-        )
-        shown = await run_in_threadpool(_get, rt, caller.principal, issued.key_id)
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    issued = await run_in_threadpool(
+        api_keys.create, rt, caller.principal, new, origin_of(request, "api")
+    )
+    shown = await run_in_threadpool(_get, rt, caller.principal, issued.key_id)
     return ApiKeyIssued(**shown.model_dump(), key=issued.secret)
 
 
@@ -69,12 +65,9 @@ def list_api_keys(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ):
     """Your keys, newest first; `everyone` for holders of api_keys:manage."""
-    try:
-        rows = api_keys.listing(
-            rt, session, caller.principal, everyone=everyone, before_id=cursor, limit=limit + 1
-        )
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    rows = api_keys.listing(
+        rt, session, caller.principal, everyone=everyone, before_id=cursor, limit=limit + 1
+    )
     now = datetime.now(UTC)
     return Page[ApiKeyOut](
         items=[api_key_out(row, now) for row in rows[:limit]],
@@ -84,19 +77,13 @@ def list_api_keys(
 
 @router.get("/api-keys/{key_id}", response_model=ApiKeyOut)
 def get_api_key(key_id: PathRowId, caller: CallerDep, rt: RuntimeDep):
-    try:
-        return _get(rt, caller.principal, key_id)
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    return _get(rt, caller.principal, key_id)
 
 
 @router.post("/api-keys/{key_id}/revoke", response_model=ApiKeyOut)
 async def revoke_api_key(key_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep):
     """Revoke a key now: its next use is refused."""
-    try:
-        await run_in_threadpool(
-            api_keys.revoke, rt, caller.principal, key_id, origin_of(request, "api")
-        )
-        return await run_in_threadpool(_get, rt, caller.principal, key_id)
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    await run_in_threadpool(
+        api_keys.revoke, rt, caller.principal, key_id, origin_of(request, "api")
+    )
+    return await run_in_threadpool(_get, rt, caller.principal, key_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -14,7 +14,6 @@ from api.schemas import InputModel, Page
 from core import delegation_service
 from core.delegation_service import NewDelegation
 from core.repositories.delegations import DelegationRow, DelegationState
-from core.request_service import RequestError
 
 router = APIRouter(prefix="/api/v1", tags=["delegations"])
 
@@ -76,13 +75,10 @@ async def create_delegation(
         starts_at=body.starts_at,
         delegator=body.delegator,
     )
-    try:
-        created = await run_in_threadpool(
-            delegation_service.create, rt, caller.principal, new, origin_of(request, "api")
-        )
-        return await run_in_threadpool(_get, rt, caller, created)
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    created = await run_in_threadpool(
+        delegation_service.create, rt, caller.principal, new, origin_of(request, "api")
+    )
+    return await run_in_threadpool(_get, rt, caller, created)
 
 
 @router.get("/delegations", response_model=Page[DelegationOut])
@@ -95,12 +91,9 @@ def list_delegations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ):
     """Delegations you gave or received, newest first; `everyone` for managers."""
-    try:
-        rows = delegation_service.listing(
-            rt, session, caller.principal, everyone=everyone, before_id=cursor, limit=limit + 1
-        )
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    rows = delegation_service.listing(
+        rt, session, caller.principal, everyone=everyone, before_id=cursor, limit=limit + 1
+    )
     now = datetime.now(UTC)
     return Page[DelegationOut](
         items=[delegation_out(row, now) for row in rows[:limit]],
@@ -110,10 +103,7 @@ def list_delegations(
 
 @router.get("/delegations/{delegation_id}", response_model=DelegationOut)
 def get_delegation(delegation_id: PathRowId, caller: CallerDep, rt: RuntimeDep):
-    try:
-        return _get(rt, caller, delegation_id)
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    return _get(rt, caller, delegation_id)
 
 
 @router.post("/delegations/{delegation_id}/revoke", response_model=DelegationOut)
@@ -121,14 +111,11 @@ async def revoke_delegation(
     delegation_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep
 ):
     """End a delegation now, or cancel one that has not started."""
-    try:
-        await run_in_threadpool(
-            delegation_service.revoke,
-            rt,
-            caller.principal,
-            delegation_id,
-            origin_of(request, "api"),
-        )
-        return await run_in_threadpool(_get, rt, caller, delegation_id)
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    await run_in_threadpool(
+        delegation_service.revoke,
+        rt,
+        caller.principal,
+        delegation_id,
+        origin_of(request, "api"),
+    )
+    return await run_in_threadpool(_get, rt, caller, delegation_id)

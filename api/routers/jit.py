@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -14,7 +14,6 @@ from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of
 from api.schemas import InputModel, Page
 from core import jit_service
 from core.jit_service import GrantRow
-from core.request_service import RequestError
 
 router = APIRouter(prefix="/api/v1", tags=["jit"])
 
@@ -70,10 +69,7 @@ def elevation_out(row: GrantRow, now: datetime) -> ElevationOut:
 
 
 async def _answer(call: Awaitable[GrantRow]) -> ElevationOut:
-    try:
-        return elevation_out(await call, datetime.now(UTC))
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    return elevation_out(await call, datetime.now(UTC))
 
 
 @router.post("/jit", status_code=status.HTTP_201_CREATED, response_model=ElevationOut)
@@ -97,14 +93,11 @@ async def request_elevation(
 def list_elevations(caller: CallerDep, rt: RuntimeDep, session: SessionDep, everyone: bool = False):
     """Your elevations, newest first, history included; `everyone`: every one in force now
     (needs jit:manage)."""
-    try:
-        rows = (
-            jit_service.everyone_active(rt, session, caller.principal)
-            if everyone
-            else jit_service.mine(session, caller.principal)
-        )
-    except RequestError as err:
-        raise HTTPException(err.status, err.detail) from None
+    rows = (
+        jit_service.everyone_active(rt, session, caller.principal)
+        if everyone
+        else jit_service.mine(session, caller.principal)
+    )
     now = datetime.now(UTC)
     return Page[ElevationOut](items=[elevation_out(row, now) for row in rows], next=None)
 

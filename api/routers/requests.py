@@ -22,17 +22,13 @@ from api.schemas import (
 from core import request_service
 from core.repositories import requests as requests_repo
 from core.repositories.scope import EVERY_PLAYER, PlayerScope
-from core.request_service import NewRequest, RequestError
+from core.request_service import NewRequest
 from workflows.contracts import TERMINAL_STATUSES
 
 router = APIRouter(prefix="/api/v1", tags=["requests"])
 
 STATUSES = sorted({"pending", "approved", *TERMINAL_STATUSES})
 Limit = Annotated[int, Query(ge=1, le=200)]
-
-
-def _http(err: RequestError) -> HTTPException:
-    return HTTPException(err.status, err.detail)
 
 
 def _detail(rt: RuntimeDep, request_id: uuid.UUID) -> RequestOut:
@@ -45,15 +41,12 @@ def _detail(rt: RuntimeDep, request_id: uuid.UUID) -> RequestOut:
 @router.post("/requests", status_code=status.HTTP_201_CREATED, response_model=RequestOut)
 async def create_request(body: RequestCreate, request: Request, caller: CallerDep, rt: RuntimeDep):
     """Start an approval request for one action of the catalogue."""
-    try:
-        created = await request_service.submit(
-            rt,
-            caller.principal,
-            NewRequest(body.action, body.target, body.params, body.reason),
-            origin_of(request, "api"),
-        )
-    except RequestError as err:
-        raise _http(err) from None
+    created = await request_service.submit(
+        rt,
+        caller.principal,
+        NewRequest(body.action, body.target, body.params, body.reason),
+        origin_of(request, "api"),
+    )
     return await run_in_threadpool(_detail, rt, created.id)
 
 
@@ -118,10 +111,7 @@ def list_requests(
 
 @router.get("/requests/{request_id}", response_model=RequestOut)
 def get_request(request_id: uuid.UUID, caller: CallerDep, rt: RuntimeDep, session: SessionDep):
-    try:
-        request = request_service.visible_request(session, rt, caller.principal, request_id)
-    except RequestError as err:
-        raise _http(err) from None
+    request = request_service.visible_request(session, rt, caller.principal, request_id)
     return request_out(session, request)
 
 
@@ -130,18 +120,15 @@ async def decide(
     request_id: uuid.UUID, body: DecisionCreate, request: Request, caller: CallerDep, rt: RuntimeDep
 ):
     """Approve or reject the request's current step."""
-    try:
-        await request_service.decide(
-            rt,
-            caller.principal,
-            request_id,
-            body.decision,
-            body.comment,
-            origin_of(request, "api"),
-            totp=body.totp,
-        )
-    except RequestError as err:
-        raise _http(err) from None
+    await request_service.decide(
+        rt,
+        caller.principal,
+        request_id,
+        body.decision,
+        body.comment,
+        origin_of(request, "api"),
+        totp=body.totp,
+    )
     return await run_in_threadpool(_detail, rt, request_id)
 
 
@@ -150,10 +137,7 @@ async def cancel(
     request_id: uuid.UUID, body: CancelCreate, request: Request, caller: CallerDep, rt: RuntimeDep
 ):
     """Withdraw one's own pending request."""
-    try:
-        await request_service.cancel(
-            rt, caller.principal, request_id, body.reason, origin_of(request, "api")
-        )
-    except RequestError as err:
-        raise _http(err) from None
+    await request_service.cancel(
+        rt, caller.principal, request_id, body.reason, origin_of(request, "api")
+    )
     return await run_in_threadpool(_detail, rt, request_id)

@@ -24,7 +24,7 @@ from api.deps import (
 from api.schemas import InputModel, Page, RowId, TaskOut, task_out
 from core import task_service
 from core.repositories import requests as requests_repo
-from core.request_service import MAX_COMMENT, RequestError
+from core.request_service import MAX_COMMENT
 from core.task_service import MAX_BULK_ITEMS, BulkRefused
 
 router = APIRouter(prefix="/api/v1", tags=["tasks"])
@@ -51,10 +51,6 @@ class BulkDecisionOut(BaseModel):
     decided: int
     refused: int
     items: list[BulkItemOut]
-
-
-def _http(err: RequestError) -> HTTPException:
-    return HTTPException(err.status, err.detail)
 
 
 def _cursor(cursor: str | None) -> requests_repo.TaskCursor | None:
@@ -88,21 +84,18 @@ def list_tasks(
     approver has taken are included, with `claimed_by`); `scope=team`: steps any member of
     the caller's team could decide, or that a member holds."""
     after = _cursor(cursor)
-    try:
-        filters = task_service.parse_filters(
-            rt,
-            action=action,
-            min_amount=min_amount,
-            max_amount=max_amount,
-            sla=sla,
-            older_than=older_than,
-            claim=claim,
-        )
-        rows = task_service.queue_rows(
-            rt, session, caller.user, caller.principal, scope, filters, after, limit + 1
-        )
-    except RequestError as err:
-        raise _http(err) from None
+    filters = task_service.parse_filters(
+        rt,
+        action=action,
+        min_amount=min_amount,
+        max_amount=max_amount,
+        sla=sla,
+        older_than=older_than,
+        claim=claim,
+    )
+    rows = task_service.queue_rows(
+        rt, session, caller.user, caller.principal, scope, filters, after, limit + 1
+    )
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1].task
@@ -123,24 +116,18 @@ def _task(rt: RuntimeDep, task_id: int) -> TaskOut:
 async def claim_task(task_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep):
     """Take a task you could decide now; others see it as taken by you. 409 if someone
     else holds it."""
-    try:
-        await run_in_threadpool(
-            task_service.claim, rt, caller.principal, task_id, origin_of(request, "api")
-        )
-    except RequestError as err:
-        raise _http(err) from None
+    await run_in_threadpool(
+        task_service.claim, rt, caller.principal, task_id, origin_of(request, "api")
+    )
     return await run_in_threadpool(_task, rt, task_id)
 
 
 @router.post("/tasks/{task_id}/release", response_model=TaskOut)
 async def release_task(task_id: PathRowId, request: Request, caller: CallerDep, rt: RuntimeDep):
     """Give a task back. Only its holder, or a holder of `tasks:reassign`, may."""
-    try:
-        await run_in_threadpool(
-            task_service.release, rt, caller.principal, task_id, origin_of(request, "api")
-        )
-    except RequestError as err:
-        raise _http(err) from None
+    await run_in_threadpool(
+        task_service.release, rt, caller.principal, task_id, origin_of(request, "api")
+    )
     return await run_in_threadpool(_task, rt, task_id)
 
 
@@ -174,8 +161,6 @@ async def bulk_decision(
             },
             status_code=422,
         )
-    except RequestError as err:
-        raise _http(err) from None
     items = [
         BulkItemOut(
             task_id=o.task_id,
