@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core import audit
+from core import audit, platform_actions
 from core.db import SessionFactory, transaction
 from core.models import JitGrant, PlatformChange, User
 from core.platform import PlatformGateway
@@ -225,20 +225,7 @@ def grant_for_request(session: Session, command: ExecuteInput, now: datetime) ->
         after={"id": str(grant.id), **after},
         summary=summary,
     )
-    session.add(
-        PlatformChange(
-            request_id=request_id,
-            phase=APPLY,
-            action=command.action,
-            target=command.target,
-            before=result.before,
-            after=result.after,
-            summary=summary,
-            applied_at=now,
-        )
-    )
-    session.flush()
-    return result
+    return platform_actions.record_change(session, command, APPLY, result)
 
 
 class JitGrantingPlatform:

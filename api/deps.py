@@ -55,11 +55,19 @@ class Caller:
     api_key: ApiKey | None = None
 
 
-def _refuse_human_only(request: Request) -> None:
+# All an API key may call: reports, each behind a view permission the key must hold.
+KEY_READABLE = frozenset({"/api/v1/payments", "/api/v1/audit", "/api/v1/roles", "/api/v1/me"})
+
+
+def _refuse_beyond_reading(request: Request) -> None:
     path = getattr(request.scope.get("route"), "path", "")
     reason = _HUMAN_ONLY.get(path)
-    if path.startswith(_KEY_MANAGEMENT):
+    if reason is None and path.startswith(_KEY_MANAGEMENT):
         reason = "API keys are managed by a person signed in, not with an API key"
+    if reason is None and (request.method != "GET" or path not in KEY_READABLE):
+        reason = (
+            "API keys only read reports (payments, the audit trail, roles); they act on nothing"
+        )
     if reason is not None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"an API key cannot do this: {reason}")
 
@@ -103,10 +111,14 @@ def current_caller(
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         ) from None
     if key is not None:
-        _refuse_human_only(request)
+        _refuse_beyond_reading(request)
     if rt.settings.api_rate_limits:
-        subject = f"key:{key.id}" if key is not None else f"user:{user.id}"
-        verdict = rate_limit.take(session, subject, rt.policy.rate_limit_of(principal))
+        # A key's calls count against the key and against its owner: many keys never
+        # multiply a person's limit.
+        subjects = [f"user:{user.id}"] + ([f"key:{key.id}"] if key is not None else [])
+        limit = rt.policy.rate_limit_of(principal)
+        verdicts = [rate_limit.take(session, subject, limit) for subject in subjects]
+        verdict = min(verdicts, key=lambda v: (v.allowed, v.remaining))
         session.commit()  # releases the bucket row and records the key's use
         if not verdict.allowed:
             raise HTTPException(

@@ -138,8 +138,11 @@ def _owner(rt: Runtime, session: Session, principal: Principal, name: str | None
     return user
 
 
-def _scope(policy: PolicyEngine, owner: Principal, wanted: list[str]) -> list[str]:
-    """The key's permissions, each known to the policy files and held by the owner."""
+def _scope(
+    policy: PolicyEngine, owner: Principal, creator: Principal, wanted: list[str]
+) -> list[str]:
+    """The key's permissions: each a view permission known to the policy files, held by
+    the owner, and by whoever creates the key (an admin cannot hand out what they lack)."""
     permissions = list(dict.fromkeys(p.strip() for p in wanted))
     if not permissions:
         raise RequestError(422, "permissions: name at least one", {"permissions": "required"})
@@ -155,6 +158,20 @@ def _scope(policy: PolicyEngine, owner: Principal, wanted: list[str]) -> list[st
                 f"permissions: '{permission}' cannot be given to an API key: "
                 "deciding is a human act",
                 {"permissions": "approve"},
+            )
+        if permission.partition(":")[2] != "view":
+            raise RequestError(
+                422,
+                f"permissions: '{permission}' cannot be given to an API key: "
+                "keys only read (view permissions)",
+                {"permissions": "not a view"},
+            )
+        if creator.user_id != owner.user_id and not policy.authorize(creator, permission):
+            raise RequestError(
+                403,
+                f"permissions: you do not hold '{permission}' yourself, so you cannot "
+                "put it on someone's key",
+                {"permissions": "not held by you"},
             )
         if not policy.authorize(owner, permission):
             raise RequestError(
@@ -182,7 +199,9 @@ def create(rt: Runtime, principal: Principal, new: NewApiKey, origin: Origin) ->
         )
     with rt.sessions() as session:
         owner = _owner(rt, session, principal, new.owner)
-        permissions = _scope(rt.policy, users_repo.principal_for(session, owner), new.permissions)
+        permissions = _scope(
+            rt.policy, users_repo.principal_for(session, owner), principal, new.permissions
+        )
         # One owner's keys are counted and added one request at a time.
         session.execute(select(User.id).where(User.id == owner.id).with_for_update())
         active = session.execute(

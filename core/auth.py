@@ -6,17 +6,20 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 
 import pyotp
 import segno
 from cryptography.fernet import Fernet
 from cryptography.fernet import InvalidToken as FernetInvalidToken
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import audit
@@ -60,6 +63,25 @@ class StepUpRequired(AuthError):
     """A high-risk action needs a recent authenticator code."""
 
 
+class AccessRefused(AuthError):
+    """The person proved who they are, but nothing lets them in (no mapped group)."""
+
+
+LOCAL = "local"
+
+
+class ExternalDirectory(Protocol):
+    """Checks the passwords of its own people (LDAP, core/identity.py) and provisions them."""
+
+    source: str
+
+    def sign_in(
+        self, session: Session, username: str, password: str, origin: Origin
+    ) -> User | None:
+        """The provisioned user; None for wrong credentials; AuthError for anything else."""
+        ...
+
+
 def security_event(
     session: Session,
     action: str,
@@ -67,6 +89,7 @@ def security_event(
     origin: Origin,
     after: dict[str, object],
     actor: str | None = None,
+    before: dict[str, object] | None = None,
 ) -> None:
     audit.append(
         session,
@@ -80,6 +103,7 @@ def security_event(
             channel=origin.channel,
             ip=origin.ip,
             device=origin.device,
+            before=before,
             after=after,
             sensitivity="security",
         ),
@@ -87,6 +111,10 @@ def security_event(
 
 
 # --- lockout and throttling ------------------------------------------------------------
+
+# First key of the advisory lock that queues one username's sign-ins ("SIG").
+SIGN_IN_LOCK_SPACE = 0x534947
+SIX_ASCII_DIGITS = re.compile(r"[0-9]{6}")
 
 
 def _minutes(seconds: int) -> str:
@@ -111,6 +139,10 @@ def locked_until(
 def _refuse_if_throttled(
     session: Session, settings: Settings, username: str, origin: Origin
 ) -> None:
+    """Refuse a throttled username or address. Sign-ins of one username queue behind each
+    other from here to the end of the caller's transaction, so parallel guesses are all
+    counted before the next one is checked."""
+    session.execute(select(func.pg_advisory_xact_lock(SIGN_IN_LOCK_SPACE, func.hashtext(username))))
     now = datetime.now(UTC)
     until = locked_until(session, settings, username, now)
     if until is not None:
@@ -214,7 +246,7 @@ def mfa_required(policy: PolicyEngine, roles: Iterable[str]) -> bool:
 def _matching_step(secret: str, code: str, now: datetime, last_step: int | None) -> int | None:
     """The time step a code belongs to (one step of clock drift either way), if not used yet."""
     code = code.strip().replace(" ", "")
-    if len(code) != 6 or not code.isdigit():
+    if not SIX_ASCII_DIGITS.fullmatch(code):  # str.isdigit() also accepts "١٢٣٤٥٦"
         return None
     totp = pyotp.TOTP(secret)
     current = totp.timecode(now)
@@ -318,16 +350,33 @@ def step_up(
 
 
 def authenticate(
-    session: Session, settings: Settings, username: str, password: str, origin: Origin
+    session: Session,
+    settings: Settings,
+    username: str,
+    password: str,
+    origin: Origin,
+    directory: ExternalDirectory | None = None,
 ) -> User:
-    """Check the password; a failure is audited and raises without saying which part was wrong."""
+    """Check the password; a failure is audited and raises without saying which part was wrong.
+
+    With a directory, unknown usernames and the directory's own people are checked there;
+    people from single sign-on or a directory never sign in with a password of ours.
+    """
     if not username.isprintable():  # also keeps NUL, which PostgreSQL refuses, out of queries
         raise AuthError("wrong username or password")
     _refuse_if_throttled(session, settings, username, origin)
     user = users_repo.by_username(session, username)
-    ok = verify_password(user.password_hash if user else None, password)
+    if directory is not None and (user is None or user.auth_source == directory.source):
+        vouched = directory.sign_in(session, username, password, origin)
+        if vouched is None:
+            _record_failure(session, settings, username, user, origin, directory.source)
+            raise AuthError("wrong username or password")
+        return vouched
+    external = user is not None and user.auth_source != LOCAL
+    ok = not external and verify_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
-        _record_failure(session, settings, username, user, origin, "password")
+        reason = f"{user.auth_source} account" if user and external else "password"
+        _record_failure(session, settings, username, user, origin, reason)
         raise AuthError("wrong username or password")
     return user
 
@@ -353,9 +402,10 @@ def sign_in(
     password: str,
     code: str | None,
     origin: Origin,
+    directory: ExternalDirectory | None = None,
 ) -> SignIn:
     """Password, then the authenticator code if enrolled; a role needing MFA without it: enrol."""
-    user = authenticate(session, settings, username, password, origin)
+    user = authenticate(session, settings, username, password, origin, directory)
     if mfa_enrolled(user):
         if not code:
             return SignIn(user, AWAITING_CODE)

@@ -39,6 +39,10 @@ def _now_default() -> Any:
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("auth_source IN ('local', 'oidc', 'ldap')", name="auth_source"),
+        UniqueConstraint("auth_source", "external_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -56,6 +60,11 @@ class User(Base):
     mfa_enabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
     mfa_last_step: Mapped[int | None] = mapped_column(BigInteger)
     mfa_verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Who vouches for the person: our password ("local"), single sign-on ("oidc") or the
+    # directory ("ldap"); external people have no usable password here and their roles
+    # come from their groups at each sign-in. external_id: the OIDC issuer|subject, the DN.
+    auth_source: Mapped[str] = mapped_column(String(16), server_default="local", default="local")
+    external_id: Mapped[str | None] = mapped_column(String(512))
 
 
 class UserRole(Base):
@@ -497,3 +506,23 @@ class JitGrant(Base):
     request_ids: Mapped[list[uuid.UUID]] = mapped_column(ARRAY(UUID(as_uuid=True)))
     # The approval (first or renewal) still being decided, if any.
     pending_request_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+class RoleVersion(Base):
+    """One approved definition of a role (the full RoleDef), in force from activated_at
+    until a later version of the same role; policies/roles.yaml is version 0."""
+
+    __tablename__ = "role_versions"
+    __table_args__ = (
+        UniqueConstraint("role", "version"),
+        UniqueConstraint("request_id"),
+        CheckConstraint("version >= 1", name="version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    role: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    proposed_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    activated_at: Mapped[datetime] = mapped_column(Timestamp)

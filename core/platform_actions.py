@@ -261,16 +261,17 @@ def _result(
     )
 
 
-def _recorded(session: Session, request_id: uuid.UUID, phase: str) -> ExecuteResult | None:
+def recorded_change(session: Session, request_id: uuid.UUID, phase: str) -> ExecuteResult | None:
     change = session.get(PlatformChange, (request_id, phase))
     if change is None:
         return None
     return ExecuteResult(before=change.before, after=change.after, summary=change.summary)
 
 
-def _record(
+def record_change(
     session: Session, command: ExecuteInput, phase: str, result: ExecuteResult
 ) -> ExecuteResult:
+    """Write the change into the ledger that makes apply and revert happen once."""
     session.add(
         PlatformChange(
             request_id=uuid.UUID(command.request_id),
@@ -289,7 +290,7 @@ def _record(
 
 def apply(session: Session, command: ExecuteInput) -> ExecuteResult:
     """Apply an approved action exactly once (a repeat returns the first result)."""
-    done = _recorded(session, uuid.UUID(command.request_id), APPLY)
+    done = recorded_change(session, uuid.UUID(command.request_id), APPLY)
     if done is not None:
         return done
     spec = FIELD_ACTIONS[command.action]
@@ -300,16 +301,16 @@ def apply(session: Session, command: ExecuteInput) -> ExecuteResult:
         setattr(row, field, value)
     after = {field: _json(value) for field, value in new_values.items()}
     summary = _summary("Changed", spec, command.target, before, after)
-    return _record(session, command, APPLY, _result(command.target, before, after, summary))
+    return record_change(session, command, APPLY, _result(command.target, before, after, summary))
 
 
 def revert(session: Session, command: ExecuteInput) -> ExecuteResult:
     """Undo an applied temporary change; fields changed since by someone else are kept."""
     request_id = uuid.UUID(command.request_id)
-    done = _recorded(session, request_id, REVERT)
+    done = recorded_change(session, request_id, REVERT)
     if done is not None:
         return done
-    applied = _recorded(session, request_id, APPLY)
+    applied = recorded_change(session, request_id, APPLY)
     if applied is None:
         raise ActionRefused(f"request {command.request_id} changed nothing to revert")
     spec = FIELD_ACTIONS[command.action]
@@ -334,4 +335,4 @@ def revert(session: Session, command: ExecuteInput) -> ExecuteResult:
         summary = f"Nothing reverted on {spec.noun} {command.target}: changed since"
     if kept:
         summary += f" (kept {', '.join(kept)}: changed since)"
-    return _record(session, command, REVERT, _result(command.target, before, after, summary))
+    return record_change(session, command, REVERT, _result(command.target, before, after, summary))

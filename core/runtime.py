@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from temporalio.client import Client
 
 from core.db import SessionFactory
+from core.repositories.role_versions import OverridesWatcher
 from core.settings import Settings
 from policies.engine import PolicyEngine
 
@@ -20,3 +21,7 @@ class Runtime:
     temporal: Client
     policy: PolicyEngine
     task_queue: str
+
+    def __post_init__(self) -> None:
+        # Role changes approved in the app (by any process) come into force here too.
+        self.policy.watch_overrides(OverridesWatcher(self.sessions))

@@ -72,6 +72,28 @@ class Settings(BaseSettings):
 
     policies_dir: Path = Field(default=PROJECT_ROOT / "policies", alias="POLICIES_DIR")
 
+    # Single sign-on (OIDC, authorization code flow with PKCE): on when all three are set.
+    oidc_issuer: str | None = Field(default=None, alias="OIDC_ISSUER")
+    oidc_client_id: str | None = Field(default=None, alias="OIDC_CLIENT_ID")
+    oidc_client_secret: SecretStr | None = Field(default=None, alias="OIDC_CLIENT_SECRET")
+    oidc_groups_claim: str = Field(default="groups", min_length=1, alias="OIDC_GROUPS_CLAIM")
+    # Directory sign-in (LDAP bind) through the login form and the token endpoint: on with
+    # LDAP_URL. {username} in the template is the escaped login name.
+    ldap_url: str | None = Field(default=None, alias="LDAP_URL")
+    ldap_user_dn_template: str = Field(
+        default="uid={username},ou=people,dc=example,dc=com", alias="LDAP_USER_DN_TEMPLATE"
+    )
+    ldap_group_base: str = Field(default="ou=groups,dc=example,dc=com", alias="LDAP_GROUP_BASE")
+    ldap_timeout_seconds: float = Field(default=5.0, gt=0, alias="LDAP_TIMEOUT_SECONDS")
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer and self.oidc_client_id and self.oidc_client_secret)
+
+    @property
+    def ldap_enabled(self) -> bool:
+        return bool(self.ldap_url)
+
     @property
     def is_dev(self) -> bool:
         return self.env == "dev"

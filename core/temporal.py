@@ -24,6 +24,7 @@ from activities.audit import AuditActivities
 from activities.jit import JitActivities, JitGrantingPlatform
 from core.db import SessionFactory
 from core.platform import BuiltinPlatform, HttpPlatform, PlatformGateway
+from core.role_admin import RoleChangingPlatform
 from core.settings import Settings
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_checkpoint import (
@@ -39,8 +40,10 @@ WORKFLOWS: Sequence[type] = (ApprovalWorkflow, AuditCheckpointWorkflow, JitAcces
 def build_activities(
     sessions: SessionFactory, audit_signing_key: bytes, platform_gateway: PlatformGateway
 ) -> list[Callable[..., Any]]:
-    # Approved elevations are granted in our database, never sent to the operator.
-    approval = ApprovalActivities(sessions, JitGrantingPlatform(platform_gateway, sessions))
+    # Approved elevations and role changes take effect in our database, never sent to the
+    # operator.
+    gateway = RoleChangingPlatform(JitGrantingPlatform(platform_gateway, sessions), sessions)
+    approval = ApprovalActivities(sessions, gateway)
     audit = AuditActivities(sessions, audit_signing_key)
     jit = JitActivities(sessions)
     return [

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -143,7 +144,11 @@ class TierDef(_Strict):
     steps: list[StepDef] = Field(min_length=1)
 
 
-ParamType = Literal["money", "percent", "number", "integer", "odds", "choice", "datetime"]
+ParamType = Literal[
+    "money", "percent", "number", "integer", "odds", "choice", "datetime", "document"
+]
+# The longest JSON object a `document` param may carry (as canonical text).
+MAX_DOCUMENT_CHARS = 20_000
 # Bounds a parameter of each type has unless the chain narrows them.
 _DEFAULT_BOUNDS: dict[str, tuple[Decimal, Decimal]] = {
     "money": (Decimal("0.01"), Decimal("100000000")),
@@ -233,8 +238,12 @@ class ParamError:
 
 class PolicyEngine:
     def __init__(self, roles: RolesFile, chains: ChainsFile) -> None:
-        self.roles = roles
+        self.defaults = roles
+        self._roles = roles
         self.chains = chains
+        # The counter of the overrides in force (0: the file as it is).
+        self.overrides_version = 0
+        self._watch_overrides: Callable[[PolicyEngine], None] | None = None
 
     @classmethod
     def load(cls, directory: Path = DEFAULT_DIR) -> PolicyEngine:
@@ -277,19 +286,51 @@ class PolicyEngine:
                                 f"{chains_path}: key 'chains.{action}.tiers.{t}.steps.{s}': "
                                 f"unknown role '{role_name}'"
                             )
-                    for role_name in step.roles:
-                        granted = roles.roles[role_name].permissions
-                        if not any(permission_matches(g, f"{action}:approve") for g in granted):
-                            raise PolicyError(
-                                f"{chains_path}: key 'chains.{action}.tiers.{t}.steps.{s}': "
-                                f"role '{role_name}' does not grant '{action}:approve'"
-                            )
             if chain.tiers[-1].when is not None:
                 raise PolicyError(
                     f"{chains_path}: key 'chains.{action}.tiers': the last tier must have no "
                     "'when' so that every request finds a chain"
                 )
+        for key, problem in approver_problems(roles, chains):
+            raise PolicyError(f"{chains_path}: key '{key}': {problem}")
         return cls(roles, chains)
+
+    # --- role definitions changed in the app (versioned overrides of roles.yaml) -------
+
+    @property
+    def roles(self) -> RolesFile:
+        """The roles in force: the file's, with the latest approved overrides in place."""
+        if self._watch_overrides is not None:
+            self._watch_overrides(self)
+        return self._roles
+
+    def watch_overrides(self, watch: Callable[[PolicyEngine], None]) -> None:
+        """Call `watch` before each read of the roles; it may `apply_overrides` (it must be
+        cheap when nothing changed)."""
+        self._watch_overrides = watch
+
+    def overridden(self, overrides: Mapping[str, RoleDef]) -> RolesFile:
+        """The file's roles with these definitions in place of theirs, checked as at load;
+        PolicyError names the first problem."""
+        roles = self.defaults.model_copy(update={"roles": {**self.defaults.roles, **overrides}})
+        for name in overrides:
+            for key, problem in role_problems(roles, name, set(self.chains.chains)):
+                raise PolicyError(f"key 'roles.{name}.{key}': {problem}")
+        for key, problem in approver_problems(roles, self.chains):
+            raise PolicyError(f"key '{key}': {problem}")
+        return roles
+
+    def apply_overrides(self, version: int, overrides: Mapping[str, RoleDef]) -> None:
+        """Put these definitions in force (all at once) as overrides version `version`."""
+        self._roles = self.overridden(overrides)
+        self.overrides_version = version
+
+    def with_overrides(self, overrides: Mapping[str, RoleDef]) -> PolicyEngine:
+        """A separate engine, as this one would be with these definitions also in force."""
+        current = {name: role for name, role in self.roles.roles.items()}
+        engine = PolicyEngine(self.defaults, self.chains)
+        engine._roles = engine.overridden({**current, **overrides})
+        return engine
 
     # --- roles and permissions --------------------------------------------------------
 
@@ -422,34 +463,51 @@ class PolicyEngine:
 
 def _check_roles(path: Path, roles: RolesFile, actions: set[str]) -> None:
     """Every name a role uses must be declared: a typo stops start-up, naming the key."""
+    for name in roles.roles:
+        for key, problem in role_problems(roles, name, actions):
+            raise PolicyError(f"{path}: key 'roles.{name}.{key}': {problem}")
 
-    def unknown(key: str, message: str) -> PolicyError:
-        return PolicyError(f"{path}: key '{key}': {message}")
 
-    for name, role in roles.roles.items():
-        at = f"roles.{name}"
-        if role.department not in roles.departments:
-            raise unknown(f"{at}.department", f"unknown department '{role.department}'")
-        for index, workspace in enumerate(role.workspaces):
-            if workspace not in roles.workspaces:
-                raise unknown(f"{at}.workspaces.{index}", f"unknown workspace '{workspace}'")
-        for index, permission in enumerate(role.permissions):
-            problem = _permission_problem(permission, roles.resources, actions)
-            if problem is not None:
-                raise unknown(f"{at}.permissions.{index}", problem)
-        for dimension, declared in (
-            ("regions", roles.regions),
-            ("segments", roles.segments),
-        ):
-            values = getattr(role.scope, dimension)
-            if values == EVERY:
-                continue
-            for index, value in enumerate(values):
-                if value not in declared:
-                    raise unknown(
-                        f"{at}.scope.{dimension}.{index}",
-                        f"unknown {dimension[:-1]} '{value}' (declared: {', '.join(declared)})",
-                    )
+def role_problems(roles: RolesFile, name: str, actions: set[str]) -> Iterator[tuple[str, str]]:
+    """(key within the role, what is wrong) for each undeclared name role `name` uses."""
+    role = roles.roles[name]
+    if role.department not in roles.departments:
+        yield "department", f"unknown department '{role.department}'"
+    for index, workspace in enumerate(role.workspaces):
+        if workspace not in roles.workspaces:
+            yield f"workspaces.{index}", f"unknown workspace '{workspace}'"
+    for index, permission in enumerate(role.permissions):
+        problem = _permission_problem(permission, roles.resources, actions)
+        if problem is not None:
+            yield f"permissions.{index}", problem
+    for dimension, declared in (
+        ("regions", roles.regions),
+        ("segments", roles.segments),
+    ):
+        values = getattr(role.scope, dimension)
+        if values == EVERY:
+            continue
+        for index, value in enumerate(values):
+            if value not in declared:
+                yield (
+                    f"scope.{dimension}.{index}",
+                    f"unknown {dimension[:-1]} '{value}' (declared: {', '.join(declared)})",
+                )
+
+
+def approver_problems(roles: RolesFile, chains: ChainsFile) -> Iterator[tuple[str, str]]:
+    """Each role named by a step must grant approving that action (a role change may not
+    leave a step that nobody can decide)."""
+    for action, chain in chains.chains.items():
+        for t, tier in enumerate(chain.tiers):
+            for s, step in enumerate(tier.steps):
+                for role_name in step.roles:
+                    granted = roles.roles[role_name].permissions
+                    if not any(permission_matches(g, f"{action}:approve") for g in granted):
+                        yield (
+                            f"chains.{action}.tiers.{t}.steps.{s}",
+                            f"role '{role_name}' does not grant '{action}:approve'",
+                        )
 
 
 def _permission_problem(
@@ -545,6 +603,8 @@ def _below(value: object, limit: Decimal) -> bool:
 
 def _coerce(spec: ParamDef, raw: object, now: datetime) -> tuple[str, str | None]:
     """(canonical string, None) or ("", what is wrong) for one param value."""
+    if spec.type == "document":
+        return _coerce_document(raw)
     if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         return "", "must be a number" if spec.type not in ("choice", "datetime") else "must be text"
     text = str(raw).strip()
@@ -586,3 +646,18 @@ def _coerce_datetime(text: str, now: datetime) -> tuple[str, str | None]:
     if moment - now > MAX_REVERT_HORIZON:
         return "", f"must be within {MAX_REVERT_HORIZON.days} days"
     return moment.astimezone(UTC).isoformat(), None
+
+
+def _coerce_document(raw: object) -> tuple[str, str | None]:
+    """A JSON object (or its text) as canonical JSON text."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return "", "must be a JSON object"
+    if not isinstance(raw, dict):
+        return "", "must be a JSON object"
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > MAX_DOCUMENT_CHARS:
+        return "", f"must be at most {MAX_DOCUMENT_CHARS} characters as JSON"
+    return text, None

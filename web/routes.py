@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import RuntimeDep, origin_of
 from api.schemas import DecisionOut, request_out
-from core import audit, auth, platform_actions, request_service
+from core import audit, auth, identity, platform_actions, request_service
 from core.models import User
 from core.repositories import payments as payments_repo
 from core.repositories import requests as requests_repo
@@ -198,6 +198,19 @@ def safe_next(value: str | None) -> str:
     return "/tasks"
 
 
+def set_session_cookie(response: Response, rt: Runtime, opened: auth.NewWebSession) -> None:
+    """The browser session's cookie: HttpOnly, SameSite=Lax, Secure behind TLS."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        opened.cookie_value,
+        httponly=True,
+        samesite="lax",
+        secure=rt.settings.cookie_secure,
+        expires=opened.expires_at,
+        path="/",
+    )
+
+
 # --- login ------------------------------------------------------------------------
 
 
@@ -216,7 +229,11 @@ def login_page(
         if stage == auth.MUST_ENROL:
             return RedirectResponse("/account/mfa", status_code=303)
     token = new_token()
-    response = render(request, "login.html", {"csrf_token": token, "next": safe_next(next)})
+    response = render(
+        request,
+        "login.html",
+        {"csrf_token": token, "next": safe_next(next), "sso": rt.settings.oidc_enabled},
+    )
     response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/login")
     return response
 
@@ -237,6 +254,7 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
                 "csrf_token": cookie_token or new_token(),
                 "next": next_url,
                 "username": username,
+                "sso": rt.settings.oidc_enabled,
                 "error": "The sign-in form expired. Please try again.",
             },
             status_code=403,
@@ -249,17 +267,19 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
                 "csrf_token": cookie_token,
                 "next": next_url,
                 "username": username,
+                "sso": rt.settings.oidc_enabled,
                 "error": "Enter your username and password.",
             },
             status_code=422,
         )
     origin = origin_of(request, "web")
+    directory = identity.ldap_directory(rt)
 
     def sign_in() -> tuple[auth.NewWebSession, str] | auth.AuthError:
         with rt.sessions() as session:
             try:
                 signed_in = auth.sign_in(
-                    session, rt.settings, rt.policy, username, password, None, origin
+                    session, rt.settings, rt.policy, username, password, None, origin, directory
                 )
             except auth.AuthError as refused:
                 session.commit()  # the audited failure, and a lockout it caused
@@ -272,13 +292,28 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
 
     outcome = await asyncio.to_thread(sign_in)
     if isinstance(outcome, auth.AuthError):
-        throttled = isinstance(outcome, auth.LoginThrottled)
-        message = f"{str(outcome).capitalize()}." if throttled else "Wrong username or password."
+        # Lockouts, directory refusals (no mapped group) and outages say what they are.
+        status_code = (
+            429
+            if isinstance(outcome, auth.LoginThrottled)
+            else 403
+            if isinstance(outcome, auth.AccessRefused)
+            else 503
+            if isinstance(outcome, identity.DirectoryUnavailable)
+            else 401
+        )
+        message = str(outcome)[0].upper() + str(outcome)[1:] + "."
         return render(
             request,
             "login.html",
-            {"csrf_token": cookie_token, "next": next_url, "username": username, "error": message},
-            status_code=429 if throttled else 401,
+            {
+                "csrf_token": cookie_token,
+                "next": next_url,
+                "username": username,
+                "sso": rt.settings.oidc_enabled,
+                "error": message if status_code != 401 else "Wrong username or password.",
+            },
+            status_code=status_code,
         )
     opened, stage = outcome
     # A session owing its code goes to the code form, one owing MFA set-up to enrolment.
@@ -288,15 +323,7 @@ async def login_submit(request: Request, rt: RuntimeDep) -> Response:
         auth.MUST_ENROL: "/account/mfa",
     }
     response = RedirectResponse(after_password[stage], status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        opened.cookie_value,
-        httponly=True,
-        samesite="lax",
-        secure=rt.settings.cookie_secure,
-        expires=opened.expires_at,
-        path="/",
-    )
+    set_session_cookie(response, rt, opened)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 
 from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of, require
 from api.schemas import MeOut, RefreshRequest, TokenRequest, TokenResponse, scope_out
-from core import auth
+from core import auth, identity
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 MANAGE_SESSIONS = "sessions:manage"
@@ -27,6 +27,10 @@ def _refusal(exc: auth.AuthError) -> HTTPException:
             str(exc),
             headers={"Retry-After": str(exc.retry_after)},
         )
+    if isinstance(exc, auth.AccessRefused):  # the directory vouched, but no group maps
+        return HTTPException(status.HTTP_403_FORBIDDEN, str(exc))
+    if isinstance(exc, identity.DirectoryUnavailable):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc))
     return _unauthorized(str(exc))
 
 
@@ -39,7 +43,14 @@ def create_token(body: TokenRequest, request: Request, session: SessionDep, rt: 
     origin = origin_of(request, "api")
     try:
         signed_in = auth.sign_in(
-            session, rt.settings, rt.policy, body.username, body.password, body.totp, origin
+            session,
+            rt.settings,
+            rt.policy,
+            body.username,
+            body.password,
+            body.totp,
+            origin,
+            identity.ldap_directory(rt),
         )
     except auth.AuthError as exc:
         session.commit()  # keep the audited failure and any lockout

@@ -122,7 +122,7 @@ async def test_a_key_is_used_within_its_scope_until_revoked(
         "/api/v1/requests", json=withdrawal_body(new_withdrawal()), headers=with_key(secret)
     )
     assert outside.status_code == 403, outside.text
-    assert "payment.withdrawal:request" in outside.json()["detail"]
+    assert "only read" in outside.json()["detail"]
 
     mine = await api.get(KEYS, headers=await tokens.headers(clerk))
     assert [k["id"] for k in mine.json()["items"]] == [created["id"]]
@@ -169,7 +169,7 @@ async def test_an_expired_key_is_refused(api, tokens, sessions, clerk):
     ("permissions", "extra", "status", "words"),
     [
         (["audit:view"], {}, 403, "does not hold 'audit:view'"),
-        (["payments:*"], {}, 403, "does not hold 'payments:*'"),
+        (["payments:*"], {}, 422, "keys only read"),
         (["payment.withdrawal:approve"], {}, 422, "human act"),
         (["payments:fly"], {}, 422, "no verb 'fly'"),
         (["nothing"], {}, 422, "not '<resource>:<verb>'"),
@@ -182,7 +182,7 @@ async def test_an_expired_key_is_refused(api, tokens, sessions, clerk):
     ],
     ids=[
         "beyond-owner",
-        "wildcard-beyond-owner",
+        "wildcard",
         "approve",
         "unknown-verb",
         "not-a-permission",
@@ -344,7 +344,9 @@ def tiny_limit(runtime, monkeypatch) -> RateLimitDef:
     return limit
 
 
-async def test_rate_limits_apply_per_key_and_per_person(api, tokens, make_user, runtime, request):
+async def test_rate_limits_apply_per_person_whatever_the_number_of_keys(
+    api, tokens, make_user, runtime, request
+):
     accountant = make_user(("finance.accountant",), "fin-limits", "finance")
     first = await issued_key(api, tokens, accountant, ["payments:view"])
     second = await issued_key(api, tokens, accountant, ["payments:view"])
@@ -359,12 +361,14 @@ async def test_rate_limits_apply_per_key_and_per_person(api, tokens, make_user, 
     assert over.headers["X-RateLimit-Limit"] == str(limit.per_hour)
     assert "rate limit" in over.json()["detail"]
 
-    # The other key and the person have their own buckets.
-    assert (await api.get(PAYMENTS, headers={"X-API-Key": second["key"]})).status_code == 200
-    own = [await api.get(PAYMENTS, headers=person) for _ in range(4)]
-    assert [a.status_code for a in own] == [200, 200, 200, 429]
-    assert "Retry-After" in own[-1].headers
-    assert (await api.get(PAYMENTS, headers={"X-API-Key": second["key"]})).status_code == 200
+    # A key's calls count against its owner too: a second key, or the person's own
+    # token, finds the same bucket empty; someone else has their own.
+    assert (await api.get(PAYMENTS, headers={"X-API-Key": second["key"]})).status_code == 429
+    own = await api.get(PAYMENTS, headers=person)
+    assert own.status_code == 429 and "Retry-After" in own.headers
+    colleague = make_user(("finance.accountant",), "fin-limits", "finance")
+    theirs = [await api.get(PAYMENTS, headers=await tokens.headers(colleague)) for _ in range(4)]
+    assert [a.status_code for a in theirs] == [200, 200, 200, 429]
 
 
 @pytest.mark.parametrize(
@@ -403,3 +407,59 @@ def test_a_person_gets_the_most_generous_limit_of_their_roles(tmp_path):
     assert limit("finance.accountant") == (5000, 50)
     assert limit("finance.accountant", "finance.clerk") == (5000, 50)
     assert limit("finance.clerk") == limit() == (1000, 300)
+
+
+async def test_a_key_reads_reports_and_nothing_else(api, tokens, make_user):
+    """Keys are for reporting systems: no delegation, claim, cancel or request through one."""
+    manager = make_user(("finance.manager",), "fin-keys", "finance")
+    peer = make_user(("finance.manager",), "fin-treasury", "finance")
+    key = with_key((await issued_key(api, tokens, manager, ["payments:view"]))["key"])
+    delegation = await api.post(
+        "/api/v1/delegations",
+        json={"delegate": peer, "ends_at": in_days(2), "reason": "from the BI tool"},
+        headers=key,
+    )
+    assert delegation.status_code == 403 and "only read" in delegation.json()["detail"]
+    for path in ("/api/v1/tasks", "/api/v1/requests", "/api/v1/delegations"):
+        assert (await api.get(path, headers=key)).status_code == 403, path
+    assert (await api.get(PAYMENTS, headers=key)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("permissions", "words"),
+    [(["payment.withdrawal:request"], "only read"), (["players:edit"], "only read")],
+)
+async def test_a_key_holds_view_permissions_only(api, tokens, clerk, permissions, words):
+    refused = await api.post(
+        KEYS,
+        json={"name": "x", "expires_at": in_days(3), "permissions": permissions},
+        headers=await tokens.headers(clerk),
+    )
+    assert refused.status_code == 422, refused.text
+    assert words in refused.json()["detail"]
+
+
+async def test_a_key_manager_cannot_put_on_a_key_what_they_do_not_hold(
+    api, tokens, make_user, runtime, monkeypatch
+):
+    roles = runtime.policy.roles
+    officer = roles.roles["compliance.officer"]
+    managing = officer.model_copy(update={"permissions": [*officer.permissions, "api_keys:manage"]})
+    policy = roles.model_copy(update={"roles": {**roles.roles, "compliance.officer": managing}})
+    monkeypatch.setattr(runtime, "policy", PolicyEngine(policy, runtime.policy.chains))
+    keeper = make_user(("compliance.officer",), "compliance", "compliance")
+    owner = make_user(("finance.manager",), "bi-service", "finance")
+    officer_alone = Principal(0, keeper, frozenset({"compliance.officer"}))
+    assert not runtime.policy.authorize(officer_alone, "commissions:view")
+    body = {"name": "x", "expires_at": in_days(3), "owner": owner}
+    lacking = await api.post(
+        KEYS,
+        json={**body, "permissions": ["commissions:view"]},
+        headers=await tokens.headers(keeper),
+    )
+    assert lacking.status_code == 403, lacking.text
+    assert "do not hold 'commissions:view' yourself" in lacking.json()["detail"]
+    shared = await api.post(
+        KEYS, json={**body, "permissions": ["payments:view"]}, headers=await tokens.headers(keeper)
+    )
+    assert shared.status_code == 201, shared.text

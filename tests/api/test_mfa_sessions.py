@@ -6,6 +6,7 @@ Each test works on throwaway users so the demo users keep signing in without MFA
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -549,6 +550,34 @@ async def test_lockout_after_repeated_failures_then_unlock(
         f"/api/v1/auth/lockouts/{username}", headers=await tokens.headers("admin")
     )
     assert nothing.status_code == 404 and "no failed sign-ins" in nothing.json()["detail"]
+
+
+async def test_parallel_guesses_cannot_outrun_the_lockout(make_user, api, sessions, runtime):
+    """Thirty guesses at once, the right password among them: at most the limit is tried."""
+    username = make_user(("finance.clerk",), "fin-payouts", "finance")
+    limit = runtime.settings.login_max_failures
+    guesses = [{"username": username, "password": f"guess-{n}"} for n in range(29)]
+    guesses.insert(20, {"username": username, "password": PASSWORD})
+    answers = await asyncio.gather(*(api.post("/api/v1/auth/token", json=body) for body in guesses))
+    assert len(events(sessions, username, "auth.login_failed")) <= limit
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(401) <= limit
+    assert set(statuses) <= {200, 401, 429}
+    assert statuses.count(429) >= len(guesses) - limit - 1
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["\u0661\u0662\u0663\u0664\u0665\u0666", "\uff11\uff12\uff13\uff14\uff15\uff16", "12345\uff16"],
+    ids=["arabic-indic", "fullwidth", "mixed"],
+)
+async def test_codes_in_other_digit_scripts_are_wrong_codes(
+    make_user, client_factory, sessions, api, code
+):
+    username, _ = await enrolled_user(make_user, client_factory, sessions)
+    refused = await token(api, username, totp=code)
+    assert refused.status_code == 401, refused.text
+    assert events(sessions, username, "auth.mfa_failed")
 
 
 async def test_unknown_usernames_lock_the_same_way(api, runtime):
