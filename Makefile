@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HTMX := web/static/vendor/htmx.min.js
 
-.PHONY: setup run test lint format bench clean browsers
+.PHONY: setup run test lint format bench clean browsers directory
 
 setup: $(STAMP) $(HTMX)
 
@@ -23,12 +23,16 @@ $(HTMX): package.json
 run: setup
 	$(BIN)/backoffice dev
 
-test: setup browsers
+test: setup browsers directory
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Debian's chromium drives the browser tests; Playwright never downloads a browser.
 browsers:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# Debian's OpenLDAP server: the directory sign-in tests start their own slapd.
+directory:
+	@test -x /usr/sbin/slapd && command -v ldapwhoami >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils >/dev/null)
 
 lint: setup
 	$(BIN)/ruff check .
