@@ -22,6 +22,7 @@ from api.routers import (
     requests,
     role_admin,
     roles,
+    scim,
     tasks,
 )
 from core.db import make_engine, make_session_factory
@@ -129,6 +130,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         role_admin,
         jit,
         api_keys,
+        scim,
         platform,
         audit,
     ):
