@@ -45,9 +45,11 @@ def _database_url(settings: Settings, stack: ExitStack) -> str:
 
 def _load_policies(settings: Settings) -> None:
     from policies.engine import PolicyEngine, PolicyError
+    from policies.identity import IdentityMap
 
     try:
-        PolicyEngine.load(settings.policies_dir)
+        engine = PolicyEngine.load(settings.policies_dir)
+        IdentityMap.load(engine.roles, settings.policies_dir)
     except PolicyError as exc:
         raise SystemExit(f"backoffice: policy error: {exc}") from None
 

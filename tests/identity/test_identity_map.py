@@ -92,3 +92,32 @@ async def test_the_web_app_does_not_start_with_a_bad_mapping(runtime: Runtime, t
     with pytest.raises(PolicyError, match=r"key 'groups\.g\.roles\.0': unknown role 'no\.such'"):
         async with app.router.lifespan_context(app):
             pass
+
+
+def test_the_worker_refuses_to_start_with_a_bad_identity_map(tmp_path):
+    """Not only the web app: `backoffice worker` checks identity.yaml before connecting."""
+    import shutil
+    import subprocess
+    import sys
+
+    from policies.engine import DEFAULT_DIR
+
+    directory = tmp_path / "policies"
+    shutil.copytree(DEFAULT_DIR, directory)
+    (directory / "identity.yaml").write_text(
+        (DEFAULT_DIR / "identity.yaml").read_text().replace("roles: [", "roles: [no.such.role, ", 1)
+    )
+    finished = subprocess.run(
+        [sys.executable, "-m", "core.cli", "worker"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "POLICIES_DIR": str(directory),
+            "BACKOFFICE_ENV": "dev",
+            "TEMPORAL_ADDRESS": "127.0.0.1:1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert "identity.yaml" in finished.stderr and "no.such.role" in finished.stderr
