@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from core.models import AuditCheckpoint, AuditEvent, AuditStreamHead
+from core.repositories.scope import EVERY_PLAYER, PlayerScope
 
 GENESIS_HASH = "0" * 64
 SENSITIVITY_LEVELS = ("low", "normal", "high", "security")
@@ -140,6 +141,8 @@ class AuditQuery:
     until: datetime | None = None
     before_id: int | None = None
     limit: int = 50
+    # The viewer's data scope: narrowed, they see only events of requests within it.
+    scope: PlayerScope = EVERY_PLAYER
 
 
 def search(session: Session, query: AuditQuery) -> list[AuditEvent]:
@@ -147,9 +150,12 @@ def search(session: Session, query: AuditQuery) -> list[AuditEvent]:
 
     With a time window the events come in the order they happened and the window's own
     index serves the page (ordering by id there would walk every newer row first); without
-    one, by id.
+    one, by id. The scope narrows in the same WHERE, so paging is unchanged.
     """
     stmt = select(AuditEvent).limit(query.limit)
+    in_scope = query.scope.audit_condition()
+    if in_scope is not None:
+        stmt = stmt.where(in_scope)
     if query.stream is not None:
         stmt = stmt.where(AuditEvent.stream == query.stream)
     if query.actor is not None:

@@ -295,8 +295,14 @@ def begin_enrolment(session: Session, settings: Settings, user: User) -> Enrolme
 
 
 def confirm_enrolment(
-    session: Session, settings: Settings, user: User, code: str, origin: Origin
+    session: Session,
+    settings: Settings,
+    user: User,
+    code: str,
+    origin: Origin,
+    current: WebSession | None = None,
 ) -> None:
+    """MFA is on; every other sign-in (made with the password alone) ends, except `current`."""
     if mfa_enrolled(user):
         raise AuthError("multi-factor authentication is already set up")
     if user.mfa_secret is None:
@@ -304,6 +310,7 @@ def confirm_enrolment(
     verify_code(session, settings, user, code, origin, "enrolment")
     user.mfa_enabled_at = datetime.now(UTC)
     security_event(session, "auth.mfa_enrolled", user.username, origin, {})
+    end_other_sign_ins(session, user, origin, "mfa enrolled", user.username, keep=current)
 
 
 def record_step_up(session: Session, user: User, origin: Origin, purpose: str) -> None:
@@ -474,6 +481,20 @@ def rotate_refresh_token(
             session, "auth.refresh_reuse", user.username, origin, {"family": stored.family_id}
         )
         raise AuthError("refresh token already used; every session of this login is revoked")
+    started = sessions_repo.family_started_at(session, stored.family_id)
+    if started is None or started + timedelta(days=settings.refresh_family_days) <= now:
+        users_repo.revoke_token_family(session, stored.family_id, now)
+        security_event(
+            session,
+            "auth.refresh_family_expired",
+            user.username,
+            origin,
+            {"family": stored.family_id},
+        )
+        raise AuthError(
+            f"this sign-in is older than {settings.refresh_family_days} days: "
+            "sign in again with your password"
+        )
     stored.used_at = now
     return issue_tokens(session, settings, user, family=stored.family_id)
 
@@ -562,15 +583,16 @@ def open_web_session(
 
 
 def activate_web_session(
-    session: Session, settings: Settings, user: User, web_session: WebSession, origin: Origin
-) -> None:
-    """The code was right (or MFA was just set up): the session becomes a full one."""
-    _make_room(session, settings, user, origin)
-    now = datetime.now(UTC)
-    web_session.stage = ACTIVE
-    web_session.last_seen_at = now
-    web_session.expires_at = now + timedelta(hours=settings.session_hours)
+    session: Session, settings: Settings, user: User, pending: WebSession, origin: Origin
+) -> NewWebSession:
+    """The code was right (or MFA was just set up): a full session replaces the pending one,
+    under a new cookie and CSRF token, so a cookie planted before the code is worth nothing.
+    The caller sets the new cookie."""
+    pending.revoked_at = datetime.now(UTC)
+    pending.revoked_reason = "replaced on activation"
+    opened = open_web_session(session, settings, user, origin)
     complete_login(session, user, origin, mfa=True)
+    return opened
 
 
 def resolve_web_session(
@@ -598,6 +620,34 @@ def close_web_session(session: Session, cookie_value: str, username: str, origin
         web_session.revoked_at = datetime.now(UTC)
         web_session.revoked_reason = "signed out"
     security_event(session, "auth.logout", username, origin, {})
+
+
+def end_other_sign_ins(
+    session: Session,
+    user: User,
+    origin: Origin,
+    reason: str,
+    actor: str,
+    keep: WebSession | None = None,
+) -> None:
+    """End a user's browser sessions (but `keep`) and every refresh-token family, recorded."""
+    now = datetime.now(UTC)
+    ended = [
+        web_session
+        for web_session in sessions_repo.live_sessions_of(session, user.id, now)
+        if keep is None or web_session.token_hash != keep.token_hash
+    ]
+    for web_session in ended:
+        _revoke(session, web_session, reason, user.username, origin, actor)
+    families = sessions_repo.revoke_refresh_tokens_of(session, user.id, now)
+    security_event(
+        session,
+        "auth.sign_ins_ended",
+        user.username,
+        origin,
+        {"reason": reason, "sessions": len(ended), "token_families": families},
+        actor,
+    )
 
 
 def revoke_session(

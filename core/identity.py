@@ -8,6 +8,7 @@ current groups. Every creation and role change is an audited security event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,7 @@ from core.repositories import users as users_repo
 from core.runtime import Runtime
 from core.settings import Settings
 from policies.engine import PolicyEngine
-from policies.identity import IdentityMap
+from policies.identity import Assignment, IdentityMap
 from workflows.contracts import Origin
 
 OIDC = "oidc"
@@ -162,11 +163,28 @@ def provision(
             session, "auth.sso_refused", user.username, origin, {**seen, "reason": "disabled"}
         )
         raise AccessRefused("this account is disabled here; ask your administrator")
+    apply_assignment(session, user, assignment, origin, seen, display_name=person.display_name)
+    return user
+
+
+def apply_assignment(
+    session: Session,
+    user: User,
+    assignment: Assignment,
+    origin: Origin,
+    seen: Mapping[str, object],
+    *,
+    display_name: str | None = None,
+) -> None:
+    """Give an existing user the roles (and department and team, when a group gives
+    them) of their current groups; audited as auth.roles_synced when anything changes."""
     before_roles = users_repo.roles_of(session, user.id)
     before = _profile(user, before_roles)
-    user.display_name = person.display_name
-    user.department = department
-    user.team = assignment.team
+    if display_name is not None:
+        user.display_name = display_name
+    if assignment.department is not None:
+        user.department = assignment.department
+        user.team = assignment.team
     if before_roles != assignment.roles:
         _replace_roles(session, user, assignment.roles)
     after = _profile(user, assignment.roles)
@@ -180,7 +198,6 @@ def provision(
             actor="system",
             before=before,
         )
-    return user
 
 
 def check_username(username: object) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     ForeignKey,
     Identity,
@@ -362,6 +363,12 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
+AUDIT_REQUEST_ID_SQL = (
+    "CASE WHEN stream ~ '^request:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    "[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$' THEN CAST(substr(stream, 9) AS uuid) END"
+)
+
+
 class AuditEvent(Base):
     """Append-only, hash-chained per stream. Never updated or deleted outside retention."""
 
@@ -389,6 +396,11 @@ class AuditEvent(Base):
     sensitivity: Mapped[str] = mapped_column(String(16))
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The request a `request:<id>` stream is about, derived by PostgreSQL from the stream
+    # (never written, not hashed) so audit searches can narrow by the request's data scope.
+    request_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), Computed(AUDIT_REQUEST_ID_SQL, persisted=True), index=True
+    )
 
 
 class AuditStreamHead(Base):

@@ -321,6 +321,11 @@ def visible_request(
     request = requests_repo.get(session, request_id)
     if request is None:
         raise RequestError(404, "request not found")
+    in_scope = within_scope(
+        data_scope(rt, principal), region=request.region, segment=request.segment
+    )
+    if not in_scope:  # a player outside the person's regions or segments
+        raise RequestError(404, "request not found")
     if rt.policy.authorize(principal, VIEW_ALL):
         return request
     roles = decider_roles(session, principal)

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     )
     access_token_minutes: int = Field(default=15, ge=1, alias="ACCESS_TOKEN_MINUTES")
     refresh_token_days: int = Field(default=7, ge=1, alias="REFRESH_TOKEN_DAYS")
+    # However often a refresh token is rotated, its sign-in ends this long after the password.
+    refresh_family_days: int = Field(default=30, ge=1, alias="REFRESH_FAMILY_DAYS")
     session_hours: int = Field(default=12, ge=1, alias="SESSION_HOURS")
     session_idle_minutes: int = Field(default=30, ge=1, alias="SESSION_IDLE_MINUTES")
     max_sessions_per_user: int = Field(default=5, ge=1, alias="MAX_SESSIONS_PER_USER")
@@ -85,6 +87,9 @@ class Settings(BaseSettings):
     )
     ldap_group_base: str = Field(default="ou=groups,dc=example,dc=com", alias="LDAP_GROUP_BASE")
     ldap_timeout_seconds: float = Field(default=5.0, gt=0, alias="LDAP_TIMEOUT_SECONDS")
+    # SCIM 2.0 provisioning at /scim/v2: on when set; the identity provider sends it as
+    # its bearer token.
+    scim_token: SecretStr | None = Field(default=None, alias="SCIM_TOKEN")
 
     @property
     def oidc_enabled(self) -> bool:

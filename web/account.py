@@ -29,6 +29,7 @@ from web.routes import (
     csrf_checked_form,
     render,
     safe_next,
+    set_session_cookie,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -77,12 +78,12 @@ async def code_submit(request: Request, viewer: AnyStageViewerDep, rt: RuntimeDe
         return RedirectResponse(next_url, status_code=303)
     origin = origin_of(request, "web")
 
-    def check(session: Session) -> None:
+    def check(session: Session) -> auth.NewWebSession:
         me = _me(session, viewer)
         auth.verify_code(session, rt.settings, me, form.get("totp", ""), origin, "login")
         web_session = sessions_repo.by_token_hash(session, token_digest(viewer.cookie))
         assert web_session is not None
-        auth.activate_web_session(session, rt.settings, me, web_session, origin)
+        return auth.activate_web_session(session, rt.settings, me, web_session, origin)
 
     outcome = await asyncio.to_thread(_in_transaction, rt, check)
     if isinstance(outcome, auth.AuthError):
@@ -93,7 +94,9 @@ async def code_submit(request: Request, viewer: AnyStageViewerDep, rt: RuntimeDe
             "error": f"{str(outcome).capitalize()}.",
         }
         return render(request, "login.html", context, status_code=_refusal_status(outcome))
-    return RedirectResponse(next_url, status_code=303)
+    response = RedirectResponse(next_url, status_code=303)
+    set_session_cookie(response, rt, outcome)
+    return response
 
 
 # --- enrolment -------------------------------------------------------------------------
@@ -145,20 +148,24 @@ async def mfa_confirm(request: Request, viewer: AnyStageViewerDep, rt: RuntimeDe
         return RedirectResponse("/login/mfa", status_code=303)
     origin = origin_of(request, "web")
 
-    def confirm(session: Session) -> None:
+    def confirm(session: Session) -> auth.NewWebSession | None:
         me = _me(session, viewer)
-        auth.confirm_enrolment(session, rt.settings, me, form.get("totp", ""), origin)
+        web_session = sessions_repo.by_token_hash(session, token_digest(viewer.cookie))
+        assert web_session is not None
+        auth.confirm_enrolment(session, rt.settings, me, form.get("totp", ""), origin, web_session)
         if viewer.stage == auth.MUST_ENROL:
-            web_session = sessions_repo.by_token_hash(session, token_digest(viewer.cookie))
-            assert web_session is not None
-            auth.activate_web_session(session, rt.settings, me, web_session, origin)
+            return auth.activate_web_session(session, rt.settings, me, web_session, origin)
+        return None
 
     outcome = await asyncio.to_thread(_in_transaction, rt, confirm)
     if isinstance(outcome, auth.AuthError):
         context = _mfa_context(viewer, confirm_error=f"{str(outcome).capitalize()}.")
         return render(request, "account_mfa.html", context, _refusal_status(outcome))
     target = "/tasks" if viewer.stage == auth.MUST_ENROL else "/account/mfa"
-    return RedirectResponse(target, status_code=303)
+    response = RedirectResponse(target, status_code=303)
+    if outcome is not None:
+        set_session_cookie(response, rt, outcome)
+    return response
 
 
 # --- step-up ---------------------------------------------------------------------------

@@ -495,6 +495,7 @@ def list_audit(ctx: ListContext) -> Listing:
         until=_parse_time(ctx.value("until")),
         before_id=int(ctx.cursor) if ctx.cursor is not None else None,
         limit=PAGE_SIZE + 1,
+        scope=ctx.players_in_scope(),
     )
     return _paged(ctx, audit.search(ctx.session, query), lambda e: str(e.id))
 

@@ -10,6 +10,8 @@ from fastapi import APIRouter, HTTPException, Query
 from api.deps import CallerDep, RuntimeDep, SessionDep, require
 from api.schemas import AuditEventOut, Page, audit_event_out
 from core import audit
+from core.repositories.scope import PlayerScope
+from core.request_service import data_scope
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
@@ -26,7 +28,10 @@ def search_audit(
     cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
-    """Newest first. `since` is inclusive, `until` exclusive; both need a timezone."""
+    """Newest first. `since` is inclusive, `until` exclusive; both need a timezone.
+
+    A caller whose data scope is narrowed to some regions or segments sees only the events
+    of requests within it (a request outside it reads as an empty stream)."""
     require(rt, caller.principal, "audit:view")
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
@@ -42,6 +47,7 @@ def search_audit(
             until=until,
             before_id=cursor,
             limit=limit + 1,
+            scope=PlayerScope.of(data_scope(rt, caller.principal)),
         ),
     )
     next_cursor = str(events[limit - 1].id) if len(events) > limit else None

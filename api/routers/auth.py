@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from api.deps import CallerDep, RuntimeDep, SessionDep, origin_of, require
 from api.schemas import MeOut, RefreshRequest, TokenRequest, TokenResponse, scope_out
 from core import auth, identity
+from core.repositories import users as users_repo
 
 router = APIRouter(prefix="/api/v1", tags=["auth"])
 MANAGE_SESSIONS = "sessions:manage"
@@ -102,6 +103,28 @@ def clear_lockout(
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no failed sign-ins to clear for {username}"
         )
+    session.commit()
+
+
+@router.post("/auth/users/{username}/end-sign-ins", status_code=204)
+def end_sign_ins(
+    username: Annotated[str, Path(min_length=1, max_length=64)],
+    request: Request,
+    caller: CallerDep,
+    session: SessionDep,
+    rt: RuntimeDep,
+):
+    """End every browser session and refresh-token family of a person (sessions:manage).
+
+    Access tokens already issued stay valid until they expire (ACCESS_TOKEN_MINUTES).
+    """
+    require(rt, caller.principal, MANAGE_SESSIONS)
+    user = users_repo.by_username(session, username)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such user: {username}")
+    origin = origin_of(request, "api")
+    reason = "revoked by administrator"
+    auth.end_other_sign_ins(session, user, origin, reason, caller.user.username)
     session.commit()
 
 

@@ -11,9 +11,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, and_, or_, select
 
-from core.models import ApprovalRequest, Player
+from core.models import ApprovalRequest, AuditEvent, Player
 from policies.snapshot import EVERY, DataScope
 
 
@@ -32,6 +32,24 @@ class PlayerScope:
             None if scope.regions == EVERY else sorted(scope.regions),
             None if scope.segments == EVERY else sorted(scope.segments),
             scope.max_amount,
+        )
+
+    @property
+    def reaches_every_player(self) -> bool:
+        return self.regions is None and self.segments is None
+
+    def audit_condition(self) -> ColumnElement[bool] | None:
+        """On `audit_events`: None (no narrowing) when every player is reached; else only
+        events of a request stream whose request is in scope (as in lists of requests). Other
+        streams (people, delegations, elevations, roles, the system) are about no player, and
+        a viewer narrowed to some players does not see them."""
+        if self.reaches_every_player:
+            return None
+        in_scope = [c for c in self.request_conditions(with_amount=False) if c is not None]
+        return (
+            select(ApprovalRequest.id)
+            .where(ApprovalRequest.id == AuditEvent.request_id, and_(*in_scope))
+            .exists()
         )
 
     def conditions(self) -> list[ColumnElement[bool] | None]:

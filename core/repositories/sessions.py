@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
-from core.models import LoginAttempt, User, WebSession
+from core.models import LoginAttempt, RefreshToken, User, WebSession
 
 MAX_USERNAME = 64
 
@@ -64,6 +64,43 @@ def by_public_id(session: Session, session_id: int) -> WebSession | None:
 
 def by_token_hash(session: Session, token_hash: str) -> WebSession | None:
     return session.get(WebSession, token_hash)
+
+
+def live_sessions_of(session: Session, user_id: int, now: datetime) -> list[WebSession]:
+    """All of a user's live sessions at any stage, locked."""
+    return list(
+        session.execute(
+            select(WebSession)
+            .where(WebSession.user_id == user_id, live_condition(now))
+            .order_by(WebSession.created_at, WebSession.id)
+            .with_for_update()
+        ).scalars()
+    )
+
+
+# --- refresh-token families ------------------------------------------------------------
+
+
+def family_started_at(session: Session, family_id: str) -> datetime | None:
+    """When a family's first token was issued (used tokens are kept, so it is still there)."""
+    return session.execute(
+        select(func.min(RefreshToken.created_at)).where(RefreshToken.family_id == family_id)
+    ).scalar_one_or_none()
+
+
+def revoke_refresh_tokens_of(session: Session, user_id: int, now: datetime) -> int:
+    """Revoke every unexpired refresh token of a user (all families); returns the families."""
+    revoked = session.execute(
+        update(RefreshToken)
+        .where(
+            RefreshToken.user_id == user_id,
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
+        .values(revoked_at=now)
+        .returning(RefreshToken.family_id)
+    ).scalars()
+    return len(set(revoked))
 
 
 # --- failed sign-ins -------------------------------------------------------------------

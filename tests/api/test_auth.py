@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from api.app import create_app
 from core.db import SessionFactory
@@ -379,6 +379,41 @@ async def test_reusing_a_refresh_token_revokes_its_whole_family(api, sessions):
     assert (await refresh(api, other_login["refresh_token"])).status_code == 200
 
 
+def issued_days_ago(sessions: SessionFactory, refresh_token: str, days: int) -> None:
+    jti = jwt.get_unverified_claims(refresh_token)["jti"]
+    with sessions() as session:
+        session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.jti == jti)
+            .values(created_at=func.now() - timedelta(days=days))
+        )
+        session.commit()
+
+
+async def test_rotation_stops_at_the_family_age_limit(api, sessions, settings):
+    limit = settings.refresh_family_days
+    first = await login(api, "risk.analyst")
+    family = jwt.get_unverified_claims(first["refresh_token"])["fam"]
+    issued_days_ago(sessions, first["refresh_token"], limit - 1)
+    second = await refresh(api, first["refresh_token"])
+    assert second.status_code == 200, second.text
+
+    # The new token is fresh, but its sign-in is not: the family started with the first.
+    issued_days_ago(sessions, first["refresh_token"], limit + 1)
+    late = await refresh(api, second.json()["refresh_token"])
+    refused(late, f"older than {limit} days: sign in again")
+    event = last_audit_event(sessions, "user:risk.analyst", "auth.refresh_family_expired")
+    assert event.after == {"family": family} and event.sensitivity == "security"
+    with sessions() as session:
+        live = session.execute(
+            select(func.count())
+            .select_from(RefreshToken)
+            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
+        ).scalar_one()
+    assert live == 0
+    refused(await refresh(api, second.json()["refresh_token"]), "invalid refresh token")
+
+
 @pytest.mark.parametrize(
     "body",
     [{}, {"refresh_token": ""}, {"refresh_token": 5}, {"refresh_token": "x", "extra": 1}],
@@ -411,6 +446,35 @@ async def test_forged_refresh_tokens_are_401(api, sessions, settings):
     refused(await refresh(api, other_key), "invalid refresh token")
     refused(await refresh(api, "garbage"), "invalid refresh token")
     assert refresh_token_count(sessions, uid) == tokens_before
+
+
+async def end_sign_ins(api: httpx.AsyncClient, username: str, headers: dict[str, str]):
+    return await api.post(f"/api/v1/auth/users/{username}/end-sign-ins", headers=headers)
+
+
+async def test_admin_ends_every_sign_in_of_a_person(api, tokens, sessions, make_user, web):
+    username = make_user(("finance.clerk",), "fin-payouts", "finance")
+    pair = await login(api, username)
+    await web_login(web, username)
+
+    forbidden = await end_sign_ins(api, username, await tokens.headers("fin.clerk"))
+    assert forbidden.status_code == 403 and "sessions:manage" in forbidden.json()["detail"]
+    rotated = await refresh(api, pair["refresh_token"])
+    assert rotated.status_code == 200, rotated.text
+    admin = await tokens.headers("admin")
+    missing = await end_sign_ins(api, "nobody.here", admin)
+    assert missing.status_code == 404 and missing.json()["detail"] == "no such user: nobody.here"
+
+    assert (await end_sign_ins(api, username, admin)).status_code == 204
+    refused(await refresh(api, rotated.json()["refresh_token"]), "invalid refresh token")
+    assert (await web.get("/tasks")).status_code == 303
+    event = last_audit_event(sessions, f"user:{username}", "auth.sign_ins_ended")
+    assert event.actor == "admin" and event.sensitivity == "security"
+    assert event.after == {
+        "reason": "revoked by administrator",
+        "sessions": 1,
+        "token_families": 1,
+    }
 
 
 # --- web sign-in and CSRF -------------------------------------------------------------

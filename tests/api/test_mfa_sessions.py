@@ -20,6 +20,7 @@ from api.app import create_app
 from core.db import SessionFactory
 from core.models import AuditEvent, LoginAttempt, Task, User, WebSession
 from tests.conftest import Tokens
+from web.routes import SESSION_COOKIE
 
 PASSWORD = "backoffice"
 HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -266,11 +267,66 @@ async def test_role_requiring_mfa_sends_an_unenrolled_person_to_enrolment(
         page = await web.get("/account/mfa")
         assert "nothing else is available until you do" in page.text
         assert 'href="/tasks"' not in page.text  # no navigation yet
+        pending_cookie = web.cookies[SESSION_COOKIE]
         await enrol_in_browser(web, sessions, username)
         assert (await web.get("/tasks")).status_code == 200
+        assert web.cookies[SESSION_COOKIE] != pending_cookie
+    async with client_factory() as planted:
+        planted.cookies.set(SESSION_COOKIE, pending_cookie)
+        assert (await planted.get("/account/mfa")).status_code == 303
 
     secret_user = user_row(sessions, username)
     assert secret_user.mfa_enabled_at is not None
+
+
+async def test_enrolment_ends_every_password_only_sign_in(make_user, client_factory, api, sessions):
+    username = make_user(("finance.clerk",), "fin-payouts", "finance")
+    before = (await token(api, username)).json()
+    async with client_factory() as laptop, client_factory("10.9.8.7") as phone:
+        await web_login(laptop, username)
+        await web_login(phone, username)
+        await enrol_in_browser(laptop, sessions, username)
+        assert (await laptop.get("/tasks")).status_code == 200  # the enrolling one stays
+        assert (await phone.get("/tasks")).status_code == 303
+    stale = await api.post("/api/v1/auth/refresh", json={"refresh_token": before["refresh_token"]})
+    assert stale.status_code == 401 and stale.json()["detail"] == "invalid refresh token"
+    ended = events(sessions, username, "auth.sign_ins_ended")
+    assert [event.after for event in ended] == [
+        {"reason": "mfa enrolled", "sessions": 1, "token_families": 1}
+    ]
+    assert events(sessions, username, "auth.session_revoked")[-1].after == {
+        "session": session_rows(sessions, username)[1].id,
+        "reason": "mfa enrolled",
+        "ip": "10.9.8.7",
+    }
+
+
+async def test_the_code_step_replaces_the_pending_cookie_and_csrf(
+    make_user, client_factory, sessions
+):
+    username, secret = await enrolled_user(make_user, client_factory, sessions)
+    async with client_factory() as web:
+        await password_step(web, username)
+        pending_cookie = web.cookies[SESSION_COOKIE]
+        pending_csrf = await csrf_of(web, "/login/mfa?next=/tasks")
+        right = await web.post(
+            "/login/mfa",
+            data={
+                "csrf_token": pending_csrf,
+                "totp": code_for(sessions, username, secret),
+                "next": "/tasks",
+            },
+        )
+        assert right.status_code == 303 and right.headers["location"] == "/tasks"
+        assert web.cookies[SESSION_COOKIE] != pending_cookie
+        assert await csrf_of(web, "/account/sessions") != pending_csrf
+    async with client_factory() as planted:  # whoever knew the cookie before the code
+        planted.cookies.set(SESSION_COOKIE, pending_cookie)
+        assert (await planted.get("/tasks")).status_code == 303
+        assert (await planted.get("/login/mfa")).status_code == 303
+    pending, active = session_rows(sessions, username)[-2:]
+    assert pending.stage == "mfa" and pending.revoked_reason == "replaced on activation"
+    assert active.stage == "active" and active.revoked_at is None
 
 
 # --- step-up before high-risk approvals --------------------------------------------------
