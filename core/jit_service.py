@@ -123,6 +123,7 @@ def _approval(
         chain=rt.policy.chain_for(JIT_ACTION, params),
         origin=origin,
         requester_team=me.team if me is not None else None,
+        decisions_carry_scopes=True,
     )
 
 

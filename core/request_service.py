@@ -66,6 +66,7 @@ _STATUS_BY_CODE = {
     "delegation_expired": 403,
     "duplicate_request": 409,
     "own_entry_point": 422,
+    "missing_scope": 403,
     "RecordRefused": 422,
     "region_out_of_scope": 403,
     "segment_out_of_scope": 403,
@@ -282,6 +283,7 @@ async def submit(
         requester_team=requester_team,
         region=prepared.region,
         segment=prepared.segment,
+        decisions_carry_scopes=True,
     )
     start = WithStartWorkflowOperation(
         ApprovalWorkflow.run,

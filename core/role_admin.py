@@ -465,6 +465,7 @@ async def propose(
             chain=rt.policy.chain_for(ROLE_CHANGE, params),
             origin=origin,
             requester_team=team,
+            decisions_carry_scopes=True,
         )
         return approval, _what_if(rt, role, current, proposed)
 

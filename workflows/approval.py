@@ -252,6 +252,8 @@ class ApprovalWorkflow:
         if not verdict:
             return verdict
         request = self._request
+        if request.decisions_carry_scopes and not decision.scopes:
+            return deny("missing_scope", "the decision does not say what data the decider reaches")
         for scope in decision.scopes:
             verdict = within_scope(
                 scope.data_scope(),

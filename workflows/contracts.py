@@ -51,6 +51,9 @@ class ApprovalInput:
     # None when it is no player's (and in requests started before they were recorded).
     region: str | None = None
     segment: str | None = None
+    # Every decision must carry the decider's data scope (False only in requests started
+    # before scopes were checked, whose histories must replay as they ran).
+    decisions_carry_scopes: bool = False
 
 
 @dataclass(frozen=True)

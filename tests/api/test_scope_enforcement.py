@@ -278,6 +278,29 @@ async def test_the_workflow_refuses_a_decision_whose_scope_does_not_cover_the_re
     assert state.status == "pending" and state.steps[0].approvers == []
 
 
+async def test_the_workflow_refuses_a_decision_that_carries_no_scope(
+    api, tokens, runtime, new_withdrawal
+):
+    """An entry point that forgets to say what the decider reaches is refused, not trusted."""
+    created = await submit(api, tokens, "fin.clerk", new_withdrawal())
+    assert created.status_code == 201, created.text
+    handle = runtime.temporal.get_workflow_handle(approval_workflow_id(created.json()["id"]))
+    command = DecisionInput(
+        user="fin.manager", user_id=0, roles=["finance.manager"], decision="approve"
+    )
+
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(ApprovalWorkflow.decide, command)
+
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "missing_scope"
+    state = await api.get(
+        f"/api/v1/requests/{created.json()['id']}", headers=await tokens.headers("fin.clerk")
+    )
+    assert state.json()["decisions"] == []
+
+
 async def test_the_request_forms_picker_offers_only_withdrawals_one_may_ask_for(
     web, sessions, make_user
 ):

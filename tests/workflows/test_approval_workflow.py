@@ -19,6 +19,7 @@ from workflows.approval import ApprovalWorkflow
 from workflows.contracts import (
     DecisionInput,
     Origin,
+    ScopeInput,
     Transition,
     TransitionBatch,
     approval_workflow_id,
@@ -35,7 +36,13 @@ def _user_ids(sessions) -> None:
 
 
 def decision(user: str, roles: list[str], verdict: str = "approve") -> DecisionInput:
-    return DecisionInput(user=user, user_id=_USER_IDS[user], roles=roles, decision=verdict)
+    return DecisionInput(
+        user=user,
+        user_id=_USER_IDS[user],
+        roles=roles,
+        decision=verdict,
+        scopes=[ScopeInput(regions=["*"], segments=["*"], max_amount=None)],
+    )
 
 
 async def refused(handle, command: DecisionInput) -> ApplicationError:
