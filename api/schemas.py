@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -18,6 +19,7 @@ from core.request_service import CONTROL_CHARACTERS
 from policies.snapshot import DataScope
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
@@ -197,6 +199,17 @@ class AuditEventOut(BaseModel):
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next: str | None
+
+    @classmethod
+    def from_rows(
+        cls, rows: Sequence[R], limit: int, item: Callable[[R], T], cursor: Callable[[R], object]
+    ) -> Page[T]:
+        """A page from `limit + 1` rows: the extra one only says whether a next page exists,
+        and the cursor is that of the last row shown."""
+        return cls(
+            items=[item(row) for row in rows[:limit]],
+            next=str(cursor(rows[limit - 1])) if len(rows) > limit else None,
+        )
 
 
 def step_out(task: Task) -> StepOut:

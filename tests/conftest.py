@@ -9,6 +9,7 @@ so tests can fast-forward a workflow's clock (SLA breaches, expiry) without wait
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tempfile
 import uuid
@@ -231,3 +232,38 @@ def make_user(sessions: SessionFactory):
         return username
 
     return create
+
+
+# --- the web pages, as a browser sees them (without running one) ----------------------
+
+HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@pytest.fixture
+async def web(runtime: Runtime, worker: Worker) -> AsyncIterator[httpx.AsyncClient]:
+    """A cookie-keeping client of the pages that follows redirects."""
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", follow_redirects=True
+    ) as client:
+        yield client
+
+
+async def sign_in_and_open(web: httpx.AsyncClient, username: str, path: str) -> httpx.Response:
+    """Sign in through the login form (password `backoffice`), then open `path`."""
+    login = await web.get("/login")
+    csrf = HIDDEN_CSRF.search(login.text)
+    assert csrf
+    signed_in = await web.post(
+        "/login",
+        data={"username": username, "password": DEMO_PASSWORD, "csrf_token": csrf.group(1)},
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    return await web.get(path)
+
+
+def csrf_of(page: httpx.Response) -> str:
+    """The CSRF token of a page's forms."""
+    token = HIDDEN_CSRF.search(page.text)
+    assert token, page.text
+    return token.group(1)

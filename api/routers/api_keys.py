@@ -69,9 +69,8 @@ def list_api_keys(
         rt, session, caller.principal, everyone=everyone, before_id=cursor, limit=limit + 1
     )
     now = datetime.now(UTC)
-    return Page[ApiKeyOut](
-        items=[api_key_out(row, now) for row in rows[:limit]],
-        next=str(rows[limit - 1].key.id) if len(rows) > limit else None,
+    return Page[ApiKeyOut].from_rows(
+        rows, limit, lambda row: api_key_out(row, now), lambda row: row.key.id
     )
 
 

@@ -95,9 +95,8 @@ def list_delegations(
         rt, session, caller.principal, everyone=everyone, before_id=cursor, limit=limit + 1
     )
     now = datetime.now(UTC)
-    return Page[DelegationOut](
-        items=[delegation_out(row, now) for row in rows[:limit]],
-        next=str(rows[limit - 1].delegation.id) if len(rows) > limit else None,
+    return Page[DelegationOut].from_rows(
+        rows, limit, lambda row: delegation_out(row, now), lambda row: row.delegation.id
     )
 
 

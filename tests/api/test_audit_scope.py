@@ -17,11 +17,8 @@ from core import audit
 from core.db import SessionFactory, transaction
 from core.models import ApprovalRequest, AuditEvent
 from policies.engine import PolicyEngine
-from tests.api import test_delegations
 from tests.api.test_scope_enforcement import insert_withdrawal, submit
-from tests.conftest import AUDIT_KEY, Tokens
-
-web = test_delegations.web  # the browser-like client of the web pages, as a fixture here too
+from tests.conftest import AUDIT_KEY, Tokens, sign_in_and_open
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,8 @@ async def test_the_compliance_audit_page_is_narrowed_too(
     web: httpx.AsyncClient, trail: Trail, make_user
 ):
     se_regulator = make_user(("compliance.regulatory_se",), "compliance", "compliance")
-    await test_delegations.open_delegations_page(web, se_regulator)
+    signed_in = await sign_in_and_open(web, se_regulator, "/w/compliance/audit")
+    assert signed_in.status_code == 200
 
     own = await web.get("/w/compliance/audit", params={"stream": f"request:{trail.se_request}"})
     foreign = await web.get("/w/compliance/audit", params={"stream": f"request:{trail.uk_request}"})

@@ -10,7 +10,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from core.db import SessionFactory
 from core.models import ApprovalRequest, AuditEvent, RefreshToken, User, WebSession
 from core.security import ACCESS, JWT_AUDIENCE, JWT_ISSUER, REFRESH, encode_token
 from core.settings import Settings
+from tests.conftest import HIDDEN_CSRF
 
 PASSWORD = "backoffice"
 
@@ -478,8 +478,6 @@ async def test_admin_ends_every_sign_in_of_a_person(api, tokens, sessions, make_
 
 
 # --- web sign-in and CSRF -------------------------------------------------------------
-
-HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture

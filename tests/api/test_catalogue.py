@@ -31,6 +31,7 @@ from core.models import (
     User,
 )
 from core.repositories import users as users_repo
+from tests.api.test_withdrawal_slice import audit_actions
 from tests.conftest import Tokens
 
 
@@ -187,16 +188,6 @@ async def wait_for(
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"request did not get there: {body}")
-
-
-def audit_actions(sessions: SessionFactory, request_id: str) -> list[str]:
-    with sessions() as session:
-        rows = session.execute(
-            select(AuditEvent.action)
-            .where(AuditEvent.stream == f"request:{request_id}")
-            .order_by(AuditEvent.seq)
-        )
-        return list(rows.scalars())
 
 
 def changes_for(sessions: SessionFactory, request_id: str) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,10 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from api.app import create_app
 from core.models import AuditEvent, Delegation, User
-
-HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+from tests.conftest import csrf_of, sign_in_and_open
 
 
 def iso(delta: timedelta) -> str:
@@ -293,30 +290,11 @@ async def test_unknown_and_foreign_delegations_are_404(api, tokens, finance_pair
 # --- the web page -------------------------------------------------------------------
 
 
-@pytest.fixture
-async def web(runtime, worker) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://testserver", follow_redirects=True
-    ) as client:
-        yield client
-
-
 async def open_delegations_page(web: httpx.AsyncClient, username: str) -> str:
     """Sign in through the login form; returns the CSRF token of the delegations page."""
-    login = await web.get("/login")
-    csrf = HIDDEN_CSRF.search(login.text)
-    assert csrf
-    signed_in = await web.post(
-        "/login",
-        data={"username": username, "password": "backoffice", "csrf_token": csrf.group(1)},
-    )
-    assert signed_in.status_code == 200, signed_in.text
-    page = await web.get("/delegations")
+    page = await sign_in_and_open(web, username, "/delegations")
     assert page.status_code == 200
-    token = HIDDEN_CSRF.search(page.text)
-    assert token
-    return token.group(1)
+    return csrf_of(page)
 
 
 async def test_the_page_delegates_shows_and_revokes(web, sessions, finance_pair):

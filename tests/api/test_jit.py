@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,10 +20,9 @@ from temporalio.worker import Replayer
 
 from activities import jit as jit_activities
 from activities.jit import jit_workflow_id
-from api.app import create_app
 from core.db import transaction
 from core.models import ApprovalRequest, AuditEvent, JitGrant, User
-from tests.conftest import Tokens
+from tests.conftest import Tokens, csrf_of, sign_in_and_open
 from workflows.approval import ApprovalWorkflow
 from workflows.jit import JitAccessWorkflow
 
@@ -408,34 +407,13 @@ async def test_an_elevation_cannot_be_asked_through_the_generic_request_form(
 
 # --- the web page -------------------------------------------------------------------
 
-HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture
-async def web(runtime, worker) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(runtime))
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://testserver", follow_redirects=True
-    ) as client:
-        yield client
-
 
 async def open_my_access(web: httpx.AsyncClient, username: str) -> str:
     """Sign in through the login form; returns the CSRF token of the My access page."""
-    login = await web.get("/login")
-    csrf = HIDDEN_CSRF.search(login.text)
-    assert csrf
-    signed_in = await web.post(
-        "/login",
-        data={"username": username, "password": "backoffice", "csrf_token": csrf.group(1)},
-    )
-    assert signed_in.status_code == 200, signed_in.text
-    page = await web.get("/jit")
+    page = await sign_in_and_open(web, username, "/jit")
     assert page.status_code == 200
     assert 'href="/jit" aria-current="page"' in page.text
-    token = HIDDEN_CSRF.search(page.text)
-    assert token
-    return token.group(1)
+    return csrf_of(page)
 
 
 async def test_my_access_asks_shows_the_time_left_and_ends_an_elevation(

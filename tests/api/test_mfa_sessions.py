@@ -19,11 +19,10 @@ from sqlalchemy import func, select, update
 from api.app import create_app
 from core.db import SessionFactory
 from core.models import AuditEvent, LoginAttempt, Task, User, WebSession
-from tests.conftest import Tokens
+from tests.conftest import HIDDEN_CSRF, Tokens
 from web.routes import SESSION_COOKIE
 
 PASSWORD = "backoffice"
-HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 SECRET_SHOWN = re.compile(r'id="mfa-secret">([A-Z2-7]+)<')
 
 

@@ -19,14 +19,11 @@ from temporalio.exceptions import ApplicationError
 from core.db import SessionFactory, transaction
 from core.models import ApprovalRequest, AuditEvent, Payment, Player
 from core.runtime import Runtime
-from tests.api import test_delegations
-from tests.conftest import Tokens
+from tests.conftest import Tokens, sign_in_and_open
 from workflows.approval import ApprovalWorkflow
 from workflows.contracts import DecisionInput, ScopeInput, approval_workflow_id
 
 WITHDRAWAL = "payment.withdrawal"
-HIDDEN_CSRF = test_delegations.HIDDEN_CSRF
-web = test_delegations.web  # the browser-like client of the web pages, as a fixture here too
 
 
 def insert_withdrawal(
@@ -308,16 +305,7 @@ async def test_the_request_forms_picker_offers_only_withdrawals_one_may_ask_for(
     above_limit = insert_withdrawal(sessions, "DE", amount="30000.00")
     other_region = insert_withdrawal(sessions, "UK")
     de_clerk = make_user(("finance.payments_clerk_de",), "fin-payouts-de", "finance")
-    login = await web.get("/login")
-    csrf = HIDDEN_CSRF.search(login.text)
-    assert csrf
-    signed_in = await web.post(
-        "/login",
-        data={"username": de_clerk, "password": "backoffice", "csrf_token": csrf.group(1)},
-    )
-    assert signed_in.status_code == 200, signed_in.text
-
-    form = await web.get("/requests/new", params={"action": WITHDRAWAL})
+    form = await sign_in_and_open(web, de_clerk, f"/requests/new?action={WITHDRAWAL}")
 
     assert form.status_code == 200
     assert f'<option value="{in_scope}"' in form.text

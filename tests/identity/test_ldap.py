@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 
 import httpx
@@ -14,10 +13,9 @@ from api.app import create_app
 from core.identity import DirectoryUnavailable, LdapDirectory, identity_map_of
 from core.models import User
 from core.runtime import Runtime
+from tests.conftest import HIDDEN_CSRF
 from tests.identity.conftest import GROUPS, LDAP_PASSWORD, PEOPLE, Directory, events, user_row
 from workflows.contracts import Origin
-
-HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 async def token_for(api: httpx.AsyncClient, username: str, password: str) -> httpx.Response:

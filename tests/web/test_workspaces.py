@@ -36,8 +36,8 @@ from core.models import (
 )
 from core.repositories import users as users_repo
 from core.runtime import Runtime
+from tests.conftest import HIDDEN_CSRF
 
-HIDDEN_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 ROW = re.compile(r'<tr id="row-([^"]+)"')
 ACTION_LINK = re.compile(
     r'<a class="button" href="([^"]+)">([^<]+)<span class="sr-only"> ([^<]+)</span>'
