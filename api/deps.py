@@ -6,15 +6,16 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, Response, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from core import api_keys, denials, rate_limit
-from core.auth import AuthError, user_from_access_token
+from core import api_keys, credential_guard, denials, rate_limit
+from core.auth import AuthError, second_factor_missing
+from core.credential_guard import CredentialsThrottled
 from core.models import ApiKey, User
 from core.repositories import users as users_repo
 from core.runtime import Runtime
@@ -97,13 +98,31 @@ def current_caller(
         )
     token = bearer or key_header or ""
     key: ApiKey | None = None
+    origin = origin_of(request, "api")
     try:
         if key_header is not None or api_keys.looks_like_key(token):
-            key, user = api_keys.authenticate(session, token, origin_of(request, "api"))
+            key, user = api_keys.authenticate(session, rt.settings, token, origin)
             principal = api_keys.principal_for(session, rt.policy, key, user)
         else:
-            user = user_from_access_token(session, rt.settings, token)
-            principal = users_repo.principal_for(session, user, rt.policy)
+            user, claims = credential_guard.person_of_access_token(
+                session, rt.settings, token, origin
+            )
+            principal = replace(
+                users_repo.principal_for(session, user, rt.policy), mfa_checked_at=claims.mfa_at
+            )
+            if second_factor_missing(rt.policy, principal):
+                raise HTTPException(
+                    status.HTTP_403_FORBIDDEN,
+                    "one of your roles now requires multi-factor authentication: sign in "
+                    'again with your authenticator code ("totp"), or set it up at '
+                    "/account/mfa in the web console first",
+                )
+    except CredentialsThrottled as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
     except AuthError as exc:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -8,7 +8,9 @@ no safety and would cost tens of milliseconds on every API call.
 A key carries a subset of its owner's permissions. At use the principal is the owner's,
 with the key's permissions as a filter (`Principal.permission_filter`): the policy engine
 grants what both the owner's roles and the key allow, so a key loses what its owner loses.
-Creation, revocation and every refused key are security events in the audit store.
+Creation and revocation are security events in the audit store; so is a refused key,
+until its address has spent its budget of refusals (core.credential_guard), after which
+the address is answered 429 and one event records the throttling.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -25,12 +26,13 @@ from typing import Literal
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, aliased
 
-from core import audit
+from core import audit, credential_guard
 from core.auth import AuthError
 from core.models import ApiKey, User
 from core.repositories import users as users_repo
 from core.request_service import RequestError, text_problem
 from core.runtime import Runtime
+from core.settings import Settings
 from core.times import as_utc
 from policies.engine import PolicyEngine
 from policies.snapshot import Principal
@@ -94,20 +96,14 @@ def _event(
     origin: Origin,
     after: dict[str, object],
 ) -> None:
-    audit.append(
+    audit.append_security_event(
         session,
-        audit.NewAuditEvent(
-            event_id=uuid.uuid4(),
-            stream=stream,
-            action=action,
-            target=target,
-            actor=actor,
-            channel=origin.channel,
-            ip=origin.ip,
-            device=origin.device,
-            after=after,
-            sensitivity="security",
-        ),
+        stream=stream,
+        action=action,
+        target=target,
+        actor=actor,
+        origin=origin,
+        after=after,
     )
 
 
@@ -250,6 +246,7 @@ def looks_like_key(token: str) -> bool:
 
 def _refuse(
     session: Session,
+    settings: Settings,
     origin: Origin,
     reason: str,
     message: str,
@@ -257,7 +254,9 @@ def _refuse(
     owner: str | None = None,
     prefix: str | None = None,
 ) -> AuthError:
-    """Record a refused key (committed now: the request itself fails) and say why."""
+    """Record a refused key (committed now: the request itself fails) and say why; beyond
+    the address's budget of refusals, CredentialsThrottled instead, whatever the reason."""
+    credential_guard.count_refusal(session, settings, origin, "api_key")
     _event(
         session,
         action="api_key.refused",
@@ -271,16 +270,18 @@ def _refuse(
     return AuthError(message)
 
 
-def authenticate(session: Session, token: str, origin: Origin) -> tuple[ApiKey, User]:
+def authenticate(
+    session: Session, settings: Settings, token: str, origin: Origin
+) -> tuple[ApiKey, User]:
     """The key and its owner, or AuthError after recording the refusal. Marks the key used
     (in the caller's transaction)."""
     match = _TOKEN.fullmatch(token)
     if match is None:
-        raise _refuse(session, origin, "malformed", "invalid API key")
+        raise _refuse(session, settings, origin, "malformed", "invalid API key")
     prefix = match.group(1)
     key = session.execute(select(ApiKey).where(ApiKey.prefix == prefix)).scalar_one_or_none()
     if key is None:
-        raise _refuse(session, origin, "unknown", "invalid API key", prefix=prefix)
+        raise _refuse(session, settings, origin, "unknown", "invalid API key", prefix=prefix)
     owner = session.get(User, key.owner_id)
     assert owner is not None  # the foreign key cascades
     now = datetime.now(UTC)
@@ -294,7 +295,9 @@ def authenticate(session: Session, token: str, origin: Origin) -> tuple[ApiKey, 
     elif not owner.is_active:
         refusal = ("owner_inactive", "the owner of this API key is no longer active")
     if refusal is not None:
-        raise _refuse(session, origin, *refusal, key=key, owner=owner.username, prefix=prefix)
+        raise _refuse(
+            session, settings, origin, *refusal, key=key, owner=owner.username, prefix=prefix
+        )
     if key.last_used_at is None or key.last_used_at < now - LAST_USED_PRECISION:
         key.last_used_at = now
     return key, owner

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import literal, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -80,6 +80,49 @@ def event_hash(event: AuditEvent) -> str:
 class AppendResult:
     event: AuditEvent
     created: bool
+
+
+class Origin(Protocol):
+    """Where a request came from (workflows.contracts.Origin fits)."""
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def ip(self) -> str | None: ...
+    @property
+    def device(self) -> str | None: ...
+
+
+def append_security_event(
+    session: Session,
+    *,
+    stream: str,
+    action: str,
+    target: str,
+    actor: str,
+    origin: Origin,
+    after: dict[str, Any] | None,
+    before: dict[str, Any] | None = None,
+    actor_type: str = "user",
+) -> AppendResult:
+    """A new security-sensitive event, from the channel, address and device of `origin`."""
+    return append(
+        session,
+        NewAuditEvent(
+            event_id=uuid.uuid4(),
+            stream=stream,
+            action=action,
+            target=target,
+            actor=actor,
+            actor_type=actor_type,
+            channel=origin.channel,
+            ip=origin.ip,
+            device=origin.device,
+            before=before,
+            after=after,
+            sensitivity="security",
+        ),
+    )
 
 
 def append(session: Session, new: NewAuditEvent) -> AppendResult:

@@ -8,12 +8,11 @@ import hmac
 import math
 import re
 import secrets
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyotp
 import segno
@@ -30,6 +29,7 @@ from core.security import (
     ACCESS,
     REFRESH,
     InvalidToken,
+    TokenClaims,
     decode_token,
     encode_token,
     new_token,
@@ -38,7 +38,11 @@ from core.security import (
 )
 from core.settings import Settings
 from policies.engine import PolicyEngine
+from policies.snapshot import Principal
 from workflows.contracts import Origin
+
+if TYPE_CHECKING:
+    from core.identity import ExternalPerson
 
 ACTIVE = "active"
 AWAITING_CODE = "mfa"
@@ -70,15 +74,30 @@ class AccessRefused(AuthError):
 LOCAL = "local"
 
 
+class DirectoryIncident(AuthError):
+    """The directory could not say whether the password is right (down, misconfigured,
+    ambiguous): recorded as a security event, never counted as the person's failure."""
+
+    action = "auth.directory_unavailable"
+
+    def __init__(self, message: str, details: dict[str, object]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class ExternalDirectory(Protocol):
     """Checks the passwords of its own people (LDAP, core/identity.py) and provisions them."""
 
     source: str
 
-    def sign_in(
-        self, session: Session, username: str, password: str, origin: Origin
-    ) -> User | None:
-        """The provisioned user; None for wrong credentials; AuthError for anything else."""
+    def check_password(self, username: str, password: str) -> ExternalPerson | None:
+        """Who the directory vouches for; None for wrong credentials; AuthError (a
+        DirectoryIncident when it cannot tell) for anything else. Network only: it is
+        called with no database transaction open."""
+        ...
+
+    def provision(self, session: Session, person: ExternalPerson, origin: Origin) -> User:
+        """The local user for the person, in the caller's transaction."""
         ...
 
 
@@ -91,22 +110,16 @@ def security_event(
     actor: str | None = None,
     before: dict[str, object] | None = None,
 ) -> None:
-    audit.append(
+    audit.append_security_event(
         session,
-        audit.NewAuditEvent(
-            event_id=uuid.uuid4(),
-            stream=f"user:{username}",
-            action=action,
-            target=f"user:{username}",
-            actor=actor or username,
-            actor_type="system" if actor == "system" else "user",
-            channel=origin.channel,
-            ip=origin.ip,
-            device=origin.device,
-            before=before,
-            after=after,
-            sensitivity="security",
-        ),
+        stream=f"user:{username}",
+        action=action,
+        target=f"user:{username}",
+        actor=actor or username,
+        actor_type="system" if actor == "system" else "user",
+        origin=origin,
+        before=before,
+        after=after,
     )
 
 
@@ -309,6 +322,8 @@ def confirm_enrolment(
         raise AuthError("start the set-up again: no pending authenticator secret")
     verify_code(session, settings, user, code, origin, "enrolment")
     user.mfa_enabled_at = datetime.now(UTC)
+    if current is not None:
+        current.mfa_verified_at = user.mfa_verified_at
     security_event(session, "auth.mfa_enrolled", user.username, origin, {})
     end_other_sign_ins(session, user, origin, "mfa enrolled", user.username, keep=current)
 
@@ -326,31 +341,62 @@ def is_high_risk(settings: Settings, action: str, amount: Decimal | None) -> boo
 def step_up(
     session: Session,
     settings: Settings,
-    user_id: int,
+    principal: Principal,
     action: str,
     amount: Decimal | None,
     code: str | None,
     origin: Origin,
 ) -> None:
-    """Before a high-risk approval: an MFA check within STEP_UP_MINUTES, or a code now.
-
-    People without MFA are not asked (they have no second factor); roles marked
-    `mfa_required` cannot act without it in the first place.
+    """Before a high-risk approval: this sign-in's second-factor check within
+    STEP_UP_MINUTES, or a code now. Someone with no second factor set up is refused (with
+    STEP_UP_REQUIRES_MFA, the default): a password alone never clears a high-risk approval.
     """
-    user = users_repo.by_id(session, user_id)
-    if user is None or not mfa_enrolled(user) or not is_high_risk(settings, action, amount):
+    if not is_high_risk(settings, action, amount):
         return
+    user = users_repo.by_id(session, principal.user_id)
+    if user is None:
+        return
+    if not mfa_enrolled(user):
+        if not settings.step_up_requires_mfa:
+            return
+        raise StepUpRequired(
+            "this approval is high-risk and needs a second factor: set up an authenticator "
+            "app on /account/mfa first, then approve with a code from it"
+        )
     if code:
         verify_code(session, settings, user, code, origin, "step_up")
         record_step_up(session, user, origin, action)
         return
     fresh_since = datetime.now(UTC) - timedelta(minutes=settings.step_up_minutes)
-    if user.mfa_verified_at is None or user.mfa_verified_at < fresh_since:
+    checked = principal.mfa_checked_at
+    if checked is None or checked < fresh_since:
         raise StepUpRequired(
             "this approval is high-risk: confirm it with a fresh authenticator code "
-            '("totp" in the API, or the page /account/verify in the browser); your last '
-            f"check is older than {settings.step_up_minutes} minutes"
+            '("totp" in the API, or the page /account/verify in the browser); this '
+            f"sign-in's last check is older than {settings.step_up_minutes} minutes"
         )
+
+
+def second_factor_missing(policy: PolicyEngine, principal: Principal) -> bool:
+    """A role needing MFA reached a sign-in made without it (a role change, a JIT grant)."""
+    return principal.mfa_checked_at is None and mfa_required(policy, principal.roles)
+
+
+def hold_for_second_factor(
+    session: Session, settings: Settings, user: User, web_session: WebSession, origin: Origin
+) -> None:
+    """Such a browser session waits for a code, or for MFA to be set up, before anything else;
+    unanswered, it ends within MFA_PENDING_MINUTES like any sign-in owing its code."""
+    web_session.stage = AWAITING_CODE if mfa_enrolled(user) else MUST_ENROL
+    pending_until = datetime.now(UTC) + timedelta(minutes=settings.mfa_pending_minutes)
+    web_session.expires_at = min(web_session.expires_at, pending_until)
+    security_event(
+        session,
+        "auth.mfa_now_required",
+        user.username,
+        origin,
+        {"session": web_session.id, "waits_for": web_session.stage},
+    )
 
 
 # --- sign-in ---------------------------------------------------------------------------
@@ -367,18 +413,15 @@ def authenticate(
     """Check the password; a failure is audited and raises without saying which part was wrong.
 
     With a directory, unknown usernames and the directory's own people are checked there;
-    people from single sign-on or a directory never sign in with a password of ours.
+    people from single sign-on or a directory never sign in with a password of ours. The
+    session is committed before the directory is asked (see _ask_directory).
     """
     if not username.isprintable():  # also keeps NUL, which PostgreSQL refuses, out of queries
         raise AuthError("wrong username or password")
     _refuse_if_throttled(session, settings, username, origin)
     user = users_repo.by_username(session, username)
     if directory is not None and (user is None or user.auth_source == directory.source):
-        vouched = directory.sign_in(session, username, password, origin)
-        if vouched is None:
-            _record_failure(session, settings, username, user, origin, directory.source)
-            raise AuthError("wrong username or password")
-        return vouched
+        return _ask_directory(session, settings, username, password, origin, directory)
     external = user is not None and user.auth_source != LOCAL
     ok = not external and verify_password(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
@@ -386,6 +429,33 @@ def authenticate(
         _record_failure(session, settings, username, user, origin, reason)
         raise AuthError("wrong username or password")
     return user
+
+
+def _ask_directory(
+    session: Session,
+    settings: Settings,
+    username: str,
+    password: str,
+    origin: Origin,
+    directory: ExternalDirectory,
+) -> User:
+    """A slow directory must hold neither a database connection nor the username's lock,
+    so the transaction ends before it is asked. The throttle is checked again under the
+    lock once it has answered: guesses sent in parallel meanwhile get no more answers than
+    the lockout allows, as if they had queued."""
+    session.commit()
+    try:
+        person = directory.check_password(username, password)
+    except DirectoryIncident as incident:
+        details = {"source": directory.source, **incident.details}
+        security_event(session, incident.action, username, origin, details, actor="system")
+        raise
+    _refuse_if_throttled(session, settings, username, origin)
+    if person is None:
+        user = users_repo.by_username(session, username)
+        _record_failure(session, settings, username, user, origin, directory.source)
+        raise AuthError("wrong username or password")
+    return directory.provision(session, person, origin)
 
 
 def complete_login(session: Session, user: User, origin: Origin, *, mfa: bool) -> None:
@@ -411,7 +481,9 @@ def sign_in(
     origin: Origin,
     directory: ExternalDirectory | None = None,
 ) -> SignIn:
-    """Password, then the authenticator code if enrolled; a role needing MFA without it: enrol."""
+    """Password, then the authenticator code if enrolled; a role needing MFA without it: enrol.
+
+    With a directory, the session is committed before the directory is asked."""
     user = authenticate(session, settings, username, password, origin, directory)
     if mfa_enrolled(user):
         if not code:
@@ -437,17 +509,25 @@ class TokenPair:
 
 
 def issue_tokens(
-    session: Session, settings: Settings, user: User, family: str | None = None
+    session: Session,
+    settings: Settings,
+    user: User,
+    family: str | None = None,
+    mfa_at: datetime | None = None,
 ) -> TokenPair:
+    """`mfa_at`: when this sign-in proved its second factor; rotation carries it forward."""
     key = settings.secret_key.get_secret_value()
     lifetime = timedelta(minutes=settings.access_token_minutes)
-    access, _ = encode_token(key, user_id=user.id, token_type=ACCESS, lifetime=lifetime)
+    access, _ = encode_token(
+        key, user_id=user.id, token_type=ACCESS, lifetime=lifetime, mfa_at=mfa_at
+    )
     refresh, claims = encode_token(
         key,
         user_id=user.id,
         token_type=REFRESH,
         lifetime=timedelta(days=settings.refresh_token_days),
         family=family or secrets.token_hex(16),
+        mfa_at=mfa_at,
     )
     assert claims.family is not None
     users_repo.add_refresh_token(
@@ -496,10 +576,13 @@ def rotate_refresh_token(
             "sign in again with your password"
         )
     stored.used_at = now
-    return issue_tokens(session, settings, user, family=stored.family_id)
+    return issue_tokens(session, settings, user, family=stored.family_id, mfa_at=claims.mfa_at)
 
 
-def user_from_access_token(session: Session, settings: Settings, token: str) -> User:
+def person_from_access_token(
+    session: Session, settings: Settings, token: str
+) -> tuple[User, TokenClaims]:
+    """The token's person, if active, and what the token says of the sign-in."""
     try:
         claims = decode_token(settings.secret_key.get_secret_value(), token, ACCESS)
     except InvalidToken as exc:
@@ -507,7 +590,7 @@ def user_from_access_token(session: Session, settings: Settings, token: str) -> 
     user = users_repo.by_id(session, claims.user_id)
     if user is None or not user.is_active:
         raise AuthError("invalid or expired token")
-    return user
+    return user, claims
 
 
 # --- browser sessions ------------------------------------------------------------------
@@ -555,7 +638,12 @@ def _make_room(session: Session, settings: Settings, user: User, origin: Origin)
 
 
 def open_web_session(
-    session: Session, settings: Settings, user: User, origin: Origin, stage: str = ACTIVE
+    session: Session,
+    settings: Settings,
+    user: User,
+    origin: Origin,
+    stage: str = ACTIVE,
+    mfa_verified_at: datetime | None = None,
 ) -> NewWebSession:
     """A browser session; one still waiting for a code or an enrolment lives only minutes."""
     cookie_value = new_token()
@@ -575,6 +663,7 @@ def open_web_session(
             ip=origin.ip,
             user_agent=(origin.device or "")[:256] or None,
             stage=stage,
+            mfa_verified_at=mfa_verified_at,
             last_seen_at=now,
             expires_at=expires_at,
         ),
@@ -590,7 +679,7 @@ def activate_web_session(
     The caller sets the new cookie."""
     pending.revoked_at = datetime.now(UTC)
     pending.revoked_reason = "replaced on activation"
-    opened = open_web_session(session, settings, user, origin)
+    opened = open_web_session(session, settings, user, origin, mfa_verified_at=user.mfa_verified_at)
     complete_login(session, user, origin, mfa=True)
     return opened
 

@@ -13,10 +13,22 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from policies.engine import within_scope
+from policies.snapshot import DataScope
+
 log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "backoffice_events"
 QUEUE_SIZE = 100
 RECONNECT_SECONDS = 2.0
+
+
+# The request's region and segment travel with the change, so each page's stream forwards
+# only changes inside its viewer's data scope (see `change_for`).
+_NOTIFY = text(
+    "SELECT pg_notify(:channel, json_build_object("
+    "'request_id', id, 'kind', CAST(:kind AS text), 'region', region, 'segment', segment"
+    ")::text) FROM requests WHERE id = :request_id"
+)
 
 
 def notify_request_changed(session: Session, request_id: uuid.UUID, kind: str) -> None:
@@ -25,13 +37,20 @@ def notify_request_changed(session: Session, request_id: uuid.UUID, kind: str) -
     The same channel and payload as the workflow's transition recorder, so pages need not
     care whether a workflow or a person (claiming a task) made the change.
     """
-    session.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {
-            "channel": EVENTS_CHANNEL,
-            "payload": json.dumps({"request_id": str(request_id), "kind": kind}),
-        },
-    )
+    session.execute(_NOTIFY, {"channel": EVENTS_CHANNEL, "kind": kind, "request_id": request_id})
+
+
+def change_for(scope: DataScope, payload: str) -> str | None:
+    """What a page of someone with this scope is told of a change: which request and how,
+    or nothing when the request's player is outside the scope (or the payload is not ours)."""
+    try:
+        change = json.loads(payload)
+        request_id, kind = str(change["request_id"]), str(change["kind"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not within_scope(scope, region=change.get("region"), segment=change.get("segment")):
+        return None
+    return json.dumps({"request_id": request_id, "kind": kind})
 
 
 def libpq_url(engine: Engine) -> str:

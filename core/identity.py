@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ldap3.utils.dn import escape_rdn
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from core.auth import AccessRefused, AuthError, security_event
+from core.auth import AccessRefused, DirectoryIncident, security_event
 from core.models import User, UserRole
 from core.repositories import users as users_repo
 from core.runtime import Runtime
@@ -36,8 +37,15 @@ NO_LOCAL_PASSWORD = "!external"
 MAX_USERNAME = 64
 
 
-class DirectoryUnavailable(AuthError):
-    """The directory could not be asked; nobody is refused or let in because of it."""
+class DirectoryUnavailable(DirectoryIncident):
+    """The directory could not be asked; nobody is refused or let in because of it (503)."""
+
+
+class DirectoryAmbiguous(DirectoryIncident, AccessRefused):
+    """More than one directory entry answers to the login name: nobody is signed in as
+    any of them until the directory (or LDAP_USER_FILTER) is put right (403)."""
+
+    action = "auth.directory_ambiguous"
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class ExternalPerson:
     username: str
     display_name: str
     groups: tuple[str, ...]
+    # When the provider says it checked a second factor (OIDC `amr`); None: not known.
+    mfa_at: datetime | None = None
 
 
 @lru_cache(maxsize=8)
@@ -212,8 +222,18 @@ def check_username(username: object) -> str:
 # --- LDAP ---------------------------------------------------------------------------------
 
 
+UNREACHABLE = "the directory cannot be reached; try again later"
+INVALID_CREDENTIALS = 49
+SIZE_LIMIT_EXCEEDED = 4
+PERSON_ATTRIBUTES = ["uid", "cn", "displayName"]
+
+
 class LdapDirectory:
-    """Bind as the person (never anonymously); their groups come from the directory."""
+    """Bind as the person (never anonymously); their groups come from the directory.
+
+    The person's DN comes from LDAP_USER_DN_TEMPLATE, or, with LDAP_BIND_DN, from a search
+    as that service account (search-then-bind), which then also reads their groups.
+    """
 
     source = LDAP
 
@@ -221,21 +241,85 @@ class LdapDirectory:
         assert settings.ldap_url is not None
         self.url = settings.ldap_url.rstrip("/")  # ldap3 takes no path, not even "/"
         self.user_dn_template = settings.ldap_user_dn_template
+        self.bind_dn = settings.ldap_bind_dn or None
+        self.bind_password = settings.ldap_bind_password
+        self.user_search_base = settings.ldap_user_search_base
+        self.user_filter = settings.ldap_user_filter
         self.group_base = settings.ldap_group_base
         self.timeout = settings.ldap_timeout_seconds
         self.mapping = mapping
 
-    def sign_in(
-        self, session: Session, username: str, password: str, origin: Origin
-    ) -> User | None:
+    def check_password(self, username: str, password: str) -> ExternalPerson | None:
         # An empty password makes a simple bind "unauthenticated" (RFC 4513 5.1.2), which
         # many servers answer with success: it must never reach the directory.
         if not password or not username or len(username) > MAX_USERNAME:
             return None
+        try:
+            if self.bind_dn is None:
+                return self._bind_as_derived_dn(username, password)
+            return self._search_then_bind(username, password)
+        except LDAPException:
+            raise DirectoryUnavailable(UNREACHABLE, {"reason": "unreachable"}) from None
+
+    def provision(self, session: Session, person: ExternalPerson, origin: Origin) -> User:
+        return provision(session, self.mapping, person, origin)
+
+    def _bind_as_derived_dn(self, username: str, password: str) -> ExternalPerson | None:
         dn = self.user_dn_template.format(username=escape_rdn(username))
+        connection = self._connection(dn, password)
+        try:
+            if not self._bind(connection):
+                return None
+            connection.search(dn, "(objectClass=*)", ldap3.BASE, attributes=PERSON_ATTRIBUTES)
+            if not connection.entries:
+                return None
+            return self._person(connection, connection.entries[0], username)
+        finally:
+            connection.unbind()
+
+    def _search_then_bind(self, username: str, password: str) -> ExternalPerson | None:
+        assert self.bind_dn is not None and self.bind_password is not None
+        assert self.user_search_base is not None  # the settings refuse a bind DN without it
+        service = self._connection(self.bind_dn, self.bind_password.get_secret_value())
+        try:
+            if not self._bind(service):
+                raise DirectoryUnavailable(
+                    "the directory refused the backoffice's service account; "
+                    "try again later or tell your administrator",
+                    {"reason": "service account refused", "bind_dn": self.bind_dn},
+                )
+            # Two entries are enough to know the name is ambiguous.
+            service.search(
+                self.user_search_base,
+                self.user_filter.format(username=escape_filter_chars(username)),
+                ldap3.SUBTREE,
+                attributes=PERSON_ATTRIBUTES,
+                size_limit=2,
+            )
+            found = list(service.entries)
+            if service.result.get("result") == SIZE_LIMIT_EXCEEDED or len(found) > 1:
+                raise DirectoryAmbiguous(
+                    "more than one directory entry answers to this username; "
+                    "ask your administrator to resolve it",
+                    {"reason": "more than one entry", "dns": [str(e.entry_dn) for e in found]},
+                )
+            if not found:
+                return None
+            person_dn = str(found[0].entry_dn)
+            themselves = self._connection(person_dn, password)
+            try:
+                if not self._bind(themselves):
+                    return None
+            finally:
+                themselves.unbind()
+            return self._person(service, found[0], username)
+        finally:
+            service.unbind()
+
+    def _connection(self, dn: str, password: str) -> ldap3.Connection:
         try:
             server = ldap3.Server(self.url, connect_timeout=self.timeout, get_info=ldap3.NONE)
-            connection = ldap3.Connection(
+            return ldap3.Connection(
                 server,
                 user=dn,
                 password=password,
@@ -245,33 +329,29 @@ class LdapDirectory:
                 raise_exceptions=False,
             )
         except LDAPException:
-            raise DirectoryUnavailable("LDAP_URL is not a usable directory address") from None
-        try:
-            connection.open()
-            if not connection.bind():
-                if connection.result.get("result") == 49:  # invalidCredentials
-                    return None
-                raise DirectoryUnavailable(
-                    "the directory refused to check your password; try again later"
-                )
-            person = self._person(connection, dn)
-        except LDAPException:
-            raise DirectoryUnavailable("the directory cannot be reached; try again later") from None
-        finally:
-            connection.unbind()
-        if person is None:
-            return None
-        return provision(session, self.mapping, person, origin)
+            raise DirectoryUnavailable(
+                "LDAP_URL is not a usable directory address", {"reason": "bad LDAP_URL"}
+            ) from None
 
-    def _person(self, connection: ldap3.Connection, dn: str) -> ExternalPerson | None:
-        found = connection.search(
-            dn, "(objectClass=*)", ldap3.BASE, attributes=["uid", "cn", "displayName"]
+    @staticmethod
+    def _bind(connection: ldap3.Connection) -> bool:
+        """True when the password is right, False when it is wrong; unavailable otherwise."""
+        connection.open()
+        if connection.bind():
+            return True
+        if connection.result.get("result") == INVALID_CREDENTIALS:
+            return False
+        raise DirectoryUnavailable(
+            "the directory refused to check your password; try again later",
+            {"reason": "bind refused", "result": connection.result.get("description")},
         )
-        if not found or not connection.entries:
-            return None
-        entry = connection.entries[0]
+
+    def _person(
+        self, connection: ldap3.Connection, entry: ldap3.Entry, login_name: str
+    ) -> ExternalPerson:
         entry_dn = str(entry.entry_dn)
-        uid = str(entry.uid.value) if "uid" in entry else None
+        # Active Directory people often have no uid: the name they matched by is theirs.
+        uid = str(entry.uid.value) if "uid" in entry else login_name
         display = entry.displayName.value if "displayName" in entry else None
         display = display or (entry.cn.value if "cn" in entry else None) or uid
         connection.search(

@@ -92,6 +92,8 @@ class WebSession(Base):
     # 'active'; 'mfa' (password accepted, waiting for the code); 'enrol' (the person's role
     # requires MFA and they must set it up before anything else).
     stage: Mapped[str] = mapped_column(String(16), server_default=text("'active'"))
+    # When this session last proved a second factor (sign-in code, enrolment or step-up).
+    mfa_verified_at: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
     last_seen_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
     expires_at: Mapped[datetime] = mapped_column(Timestamp)
@@ -538,3 +540,46 @@ class RoleVersion(Base):
     proposed_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
     request_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     activated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ScimGroup(Base):
+    """A group as the identity provider provisions it over SCIM; policies/identity.yaml
+    decides what roles (if any) its displayName gives."""
+
+    __tablename__ = "scim_groups"
+    __table_args__ = (UniqueConstraint("display_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    external_id: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+
+
+class ScimGroupMember(Base):
+    __tablename__ = "scim_group_members"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+
+
+class ScimUserProfile(Base):
+    """What SCIM says about a person beyond the users table: name parts, title, e-mails
+    (a list of {"value", "type", "primary"})."""
+
+    __tablename__ = "scim_user_profiles"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    given_name: Mapped[str | None] = mapped_column(String(128))
+    family_name: Mapped[str | None] = mapped_column(String(128))
+    title: Mapped[str | None] = mapped_column(String(128))
+    emails: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=_now_default())

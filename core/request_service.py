@@ -259,30 +259,58 @@ async def submit(
 ) -> ApprovalRequest:
     def prepare() -> tuple[Prepared, str | None]:
         with rt.sessions() as session:
-            requester = session.get(User, principal.user_id)
-            return _prepare(session, rt, principal, new), requester.team if requester else None
+            return _prepare(session, rt, principal, new), requester_team(session, principal)
 
     try:
-        prepared, requester_team = await asyncio.to_thread(prepare)
+        prepared, team = await asyncio.to_thread(prepare)
     except OutOfScope as refused:
         what = {"attempt": "request", "action": new.action, "target": new.target[:64]}
         await asyncio.to_thread(_record_out_of_scope, rt, principal, origin, refused, what)
         raise
-    params = prepared.params
+    checked = NewRequest(new.action, new.target, prepared.params, new.reason)
+    return await start_approval(
+        rt,
+        principal,
+        checked,
+        origin,
+        requester_team=team,
+        region=prepared.region,
+        segment=prepared.segment,
+    )
+
+
+def requester_team(session: Session, principal: Principal) -> str | None:
+    """The requester's team, which the chain's separation of duties keeps from deciding."""
+    requester = session.get(User, principal.user_id)
+    return requester.team if requester is not None else None
+
+
+async def start_approval(
+    rt: Runtime,
+    principal: Principal,
+    checked: NewRequest,
+    origin: Origin,
+    *,
+    requester_team: str | None,
+    region: str | None = None,
+    segment: str | None = None,
+) -> ApprovalRequest:
+    """Start the approval workflow of a request whose params are already validated, with a
+    snapshot of its chain; the request's row once the workflow has recorded it."""
     request_id = str(uuid.uuid4())
     request = ApprovalInput(
         request_id=request_id,
-        action=new.action,
-        target=new.target.strip(),
-        params=params,
-        reason=new.reason.strip(),
+        action=checked.action,
+        target=checked.target.strip(),
+        params=checked.params,
+        reason=checked.reason.strip(),
         requester=principal.username,
         requester_id=principal.user_id,
-        chain=rt.policy.chain_for(new.action, params),
+        chain=rt.policy.chain_for(checked.action, checked.params),
         origin=origin,
         requester_team=requester_team,
-        region=prepared.region,
-        segment=prepared.segment,
+        region=region,
+        segment=segment,
         decisions_carry_scopes=True,
     )
     start = WithStartWorkflowOperation(
@@ -486,7 +514,7 @@ def _step_up(
             return
         action, amount = request.action, request.amount
         try:
-            auth.step_up(session, rt.settings, principal.user_id, action, amount, totp, origin)
+            auth.step_up(session, rt.settings, principal, action, amount, totp, origin)
         except auth.AuthError as err:
             session.commit()  # keep the audited failure (and any lockout)
             raise RequestError(403, str(err), {"totp": "a fresh authenticator code"}) from None

@@ -25,8 +25,6 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
 
 from core import audit, platform_actions
 from core.db import SessionFactory, transaction
@@ -46,10 +44,11 @@ from core.repositories import role_versions as versions_repo
 from core.repositories import users as users_repo
 from core.request_service import (
     MAX_REASON,
+    NewRequest,
     RequestError,
-    _send_update,
-    load,
     refusal,
+    requester_team,
+    start_approval,
     text_problem,
 )
 from core.runtime import Runtime
@@ -64,14 +63,7 @@ from policies.engine import (
 )
 from policies.rules import permission_matches
 from policies.snapshot import EVERY, DataScope, Principal
-from workflows.approval import ApprovalWorkflow
-from workflows.contracts import (
-    ApprovalInput,
-    ExecuteInput,
-    ExecuteResult,
-    Origin,
-    approval_workflow_id,
-)
+from workflows.contracts import ExecuteInput, ExecuteResult, Origin
 
 ROLE_CHANGE = "policy.role_change"
 VIEW = "roles:view"
@@ -427,7 +419,7 @@ async def propose(
 ) -> Proposal:
     """Start the system-change chain for a new definition of `role`."""
 
-    def prepare() -> tuple[ApprovalInput, WhatIf]:
+    def prepare() -> tuple[NewRequest, str | None, WhatIf]:
         require(rt, principal, EDIT)
         verdict = rt.policy.may_request(principal, ROLE_CHANGE)
         if not verdict:
@@ -452,37 +444,12 @@ async def propose(
                     409,
                     f"change request {existing.id} for {role} is already {existing.status}",
                 )
-            me = session.get(User, principal.user_id)
-            team = me.team if me is not None else None
-        approval = ApprovalInput(
-            request_id=str(uuid.uuid4()),
-            action=ROLE_CHANGE,
-            target=role,
-            params=params,
-            reason=cleaned,
-            requester=principal.username,
-            requester_id=principal.user_id,
-            chain=rt.policy.chain_for(ROLE_CHANGE, params),
-            origin=origin,
-            requester_team=team,
-            decisions_carry_scopes=True,
-        )
-        return approval, _what_if(rt, role, current, proposed)
+            team = requester_team(session, principal)
+        checked = NewRequest(ROLE_CHANGE, role, params, cleaned)
+        return checked, team, _what_if(rt, role, current, proposed)
 
-    approval, impact = await asyncio.to_thread(prepare)
-    start = WithStartWorkflowOperation(
-        ApprovalWorkflow.run,
-        approval,
-        id=approval_workflow_id(approval.request_id),
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        task_queue=rt.task_queue,
-    )
-    await _send_update(
-        rt.temporal.execute_update_with_start_workflow(
-            ApprovalWorkflow.submitted, start_workflow_operation=start
-        )
-    )
-    request = await asyncio.to_thread(load, rt, uuid.UUID(approval.request_id))
+    checked, team, impact = await asyncio.to_thread(prepare)
+    request = await start_approval(rt, principal, checked, origin, requester_team=team)
     return Proposal(request, impact)
 
 

@@ -54,6 +54,9 @@ class TokenClaims:
     jti: str
     family: str | None
     expires_at: datetime
+    # When this sign-in last proved its second factor (a step-up within minutes of it
+    # needs no new code); None for a sign-in made without one.
+    mfa_at: datetime | None = None
 
 
 def encode_token(
@@ -64,6 +67,7 @@ def encode_token(
     lifetime: timedelta,
     family: str | None = None,
     now: datetime | None = None,
+    mfa_at: datetime | None = None,
 ) -> tuple[str, TokenClaims]:
     issued = now or datetime.now(UTC)
     claims = TokenClaims(
@@ -72,6 +76,7 @@ def encode_token(
         jti=secrets.token_hex(16),
         family=family,
         expires_at=issued + lifetime,
+        mfa_at=mfa_at,
     )
     payload: dict[str, Any] = {
         "sub": str(user_id),
@@ -84,6 +89,8 @@ def encode_token(
     }
     if family is not None:
         payload["fam"] = family
+    if mfa_at is not None:
+        payload["mfa"] = int(mfa_at.timestamp())
     return jwt.encode(payload, key, algorithm=JWT_ALGORITHM), claims
 
 
@@ -115,6 +122,7 @@ def decode_token(key: str, token: str, expected_type: str) -> TokenClaims:
             jti=str(payload["jti"]),
             family=payload.get("fam"),
             expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+            mfa_at=datetime.fromtimestamp(int(payload["mfa"]), UTC) if "mfa" in payload else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidToken("malformed token claims") from exc

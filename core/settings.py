@@ -7,6 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from ldap3.core.exceptions import LDAPInvalidFilterError
+from ldap3.operation.search import parse_filter
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -60,11 +62,29 @@ class Settings(BaseSettings):
     # An approval is high-risk (needs a fresh code) from this amount (EUR) or for these actions.
     step_up_amount: Decimal = Field(default=Decimal("10000"), gt=0, alias="STEP_UP_AMOUNT")
     step_up_actions: list[str] = Field(
-        default_factory=lambda: ["player.close", "risk_rule.change"], alias="STEP_UP_ACTIONS"
+        default_factory=lambda: [
+            "player.close",
+            "risk_rule.change",
+            "policy.role_change",
+            "access.elevation",
+        ],
+        alias="STEP_UP_ACTIONS",
     )
+    # A high-risk approval by someone with no second factor set up: refused (they are told
+    # to set one up). Off only where people cannot enrol yet, e.g. a migration period.
+    step_up_requires_mfa: bool = Field(default=True, alias="STEP_UP_REQUIRES_MFA")
     cookie_secure: bool = Field(default=False, alias="COOKIE_SECURE")
     # Off only for load tests driven from the machine itself (bench/), never in service.
     api_rate_limits: bool = Field(default=True, alias="API_RATE_LIMITS")
+    # Refused machine credentials (API keys, bearer tokens, the SCIM token) per client
+    # address: this many at once, refilled at this rate an hour. Each is audited while the
+    # address has budget; beyond it the refusal is a 429 and only the throttling is audited.
+    credential_failures_per_hour: int = Field(
+        default=60, ge=1, le=1_000_000, alias="CREDENTIAL_FAILURES_PER_HOUR"
+    )
+    credential_failures_burst: int = Field(
+        default=100, ge=1, le=100_000, alias="CREDENTIAL_FAILURES_BURST"
+    )
 
     platform_url: str | None = Field(default=None, alias="PLATFORM_URL")
     platform_secret: SecretStr = Field(
@@ -80,11 +100,17 @@ class Settings(BaseSettings):
     oidc_client_secret: SecretStr | None = Field(default=None, alias="OIDC_CLIENT_SECRET")
     oidc_groups_claim: str = Field(default="groups", min_length=1, alias="OIDC_GROUPS_CLAIM")
     # Directory sign-in (LDAP bind) through the login form and the token endpoint: on with
-    # LDAP_URL. {username} in the template is the escaped login name.
+    # LDAP_URL. {username} in the template and the filter is the escaped login name.
     ldap_url: str | None = Field(default=None, alias="LDAP_URL")
     ldap_user_dn_template: str = Field(
         default="uid={username},ou=people,dc=example,dc=com", alias="LDAP_USER_DN_TEMPLATE"
     )
+    # Search-then-bind, when the DN cannot be derived from the login name: with LDAP_BIND_DN
+    # a service account finds the one entry LDAP_USER_FILTER matches under the search base.
+    ldap_bind_dn: str | None = Field(default=None, alias="LDAP_BIND_DN")
+    ldap_bind_password: SecretStr | None = Field(default=None, alias="LDAP_BIND_PASSWORD")
+    ldap_user_search_base: str | None = Field(default=None, alias="LDAP_USER_SEARCH_BASE")
+    ldap_user_filter: str = Field(default="(uid={username})", alias="LDAP_USER_FILTER")
     ldap_group_base: str = Field(default="ou=groups,dc=example,dc=com", alias="LDAP_GROUP_BASE")
     ldap_timeout_seconds: float = Field(default=5.0, gt=0, alias="LDAP_TIMEOUT_SECONDS")
     # SCIM 2.0 provisioning at /scim/v2: on when set; the identity provider sends it as
@@ -104,12 +130,39 @@ class Settings(BaseSettings):
         return self.env == "dev"
 
     @model_validator(mode="after")
+    def _check_ldap_search(self) -> Settings:
+        wanted = "LDAP_USER_FILTER must be an LDAP filter with {username} as its only placeholder"
+        if "{username}" not in self.ldap_user_filter:
+            raise ValueError(f"{wanted}, e.g. (uid={{username}})")
+        try:
+            example = self.ldap_user_filter.format(username="someone")
+            parse_filter(example, None, False, True, None, False)
+        except KeyError as exc:
+            raise ValueError(f"{wanted}: unknown placeholder {exc}") from None
+        except (IndexError, ValueError, LDAPInvalidFilterError) as exc:
+            raise ValueError(f"{wanted}: {exc}") from None
+        if self.ldap_bind_dn:
+            if self.ldap_bind_password is None or not self.ldap_bind_password.get_secret_value():
+                # An empty password would bind "unauthenticated" and pass on many servers.
+                raise ValueError("LDAP_BIND_PASSWORD must be set when LDAP_BIND_DN is")
+            if not self.ldap_user_search_base:
+                raise ValueError("LDAP_USER_SEARCH_BASE must be set when LDAP_BIND_DN is")
+        return self
+
+    @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.is_dev:
             return self
-        guarded = [*_GUARDED_SECRETS, *(["PLATFORM_SECRET"] if self.platform_url else [])]
+        guarded = [
+            *_GUARDED_SECRETS,
+            *(["PLATFORM_SECRET"] if self.platform_url else []),
+            # A wrong SCIM token is throttled per address, not refused outright: only its
+            # length keeps it out of reach of guessing from many addresses.
+            *(["SCIM_TOKEN"] if self.scim_token is not None else []),
+        ]
         for name in guarded:
-            value: SecretStr = getattr(self, name.lower())
+            value = getattr(self, name.lower())
+            assert isinstance(value, SecretStr)
             secret = value.get_secret_value()
             if secret == DEV_PLACEHOLDER_SECRET or len(secret) < 32:
                 raise ValueError(

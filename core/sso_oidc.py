@@ -13,6 +13,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -195,7 +196,23 @@ def finish(
         username=username,
         display_name=str(claims.get("name") or username)[:128],
         groups=tuple(groups),
+        mfa_at=second_factor_time(claims),
     )
+
+
+# RFC 8176 methods that are a second factor on their own ("pwd" is not; "swk" alone is not).
+_SECOND_FACTOR_METHODS = frozenset({"mfa", "otp", "hwk", "sms", "fpt", "face", "iris"})
+
+
+def second_factor_time(claims: dict[str, Any]) -> datetime | None:
+    """When the provider checked a second factor, by the ID token's `amr` and `auth_time`."""
+    methods = claims.get("amr")
+    if not isinstance(methods, list) or not _SECOND_FACTOR_METHODS & set(map(str, methods)):
+        return None
+    auth_time = claims.get("auth_time")
+    if isinstance(auth_time, int) and not isinstance(auth_time, bool):
+        return min(datetime.fromtimestamp(auth_time, UTC), datetime.now(UTC))
+    return datetime.now(UTC)
 
 
 def verify_id_token(

@@ -1,6 +1,7 @@
 """Plain data handed from the policy engine into workflows (no I/O, no heavy imports)."""
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
@@ -53,3 +54,5 @@ class Principal:
     # Set when the caller is an API key: only these of the roles' permissions count, and
     # no "approve" verb ever does (deciding is a human act). None for a person.
     permission_filter: frozenset[str] | None = None
+    # When the sign-in acting here last proved a second factor (None: never, or unknown).
+    mfa_checked_at: datetime | None = None

@@ -89,6 +89,9 @@ def settings() -> Settings:
         BACKOFFICE_ENV="production",
         SECRET_KEY=TEST_SECRET,
         AUDIT_SIGNING_KEY=AUDIT_KEY.decode(),
+        # The chain tests approve high-risk requests as demo approvers signed in with a
+        # password; tests/api/test_mfa_sessions.py checks the product default (refused).
+        STEP_UP_REQUIRES_MFA=False,
     )
 
 

@@ -191,6 +191,9 @@ async def verify_submit(
             raise auth.AuthError("set up multi-factor authentication first")
         auth.verify_code(session, rt.settings, me, form.get("totp", ""), origin, "step_up")
         auth.record_step_up(session, me, origin, "web")
+        web_session = sessions_repo.by_token_hash(session, token_digest(viewer.cookie))
+        assert web_session is not None  # the viewer's session was live a moment ago
+        web_session.mfa_verified_at = me.mfa_verified_at
 
     outcome = await asyncio.to_thread(_in_transaction, rt, check)
     if isinstance(outcome, auth.AuthError):

@@ -21,15 +21,6 @@ router = APIRouter(include_in_schema=False)
 ACTIVE = "role_admin"
 
 
-def may(request: Request | None, viewer: Viewer | None, permission: str) -> bool:
-    """For templates: does the signed-in person hold this permission (say, to show a link)?"""
-    if request is None or viewer is None:
-        return False
-    runtime: Runtime = request.app.state.runtime
-    return bool(runtime.policy.authorize(viewer.principal, permission))
-
-
-env.globals["may"] = may
 env.globals["scope_text"] = role_admin.scope_text
 
 

@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from api.deps import RuntimeDep, origin_of
 from api.schemas import DecisionOut, request_out
 from core import audit, auth, identity, platform_actions, request_service
+from core.events import change_for
 from core.models import User
 from core.repositories import payments as payments_repo
 from core.repositories import requests as requests_repo
@@ -110,6 +111,17 @@ class Viewer:
     session_id: int = 0
 
 
+def may(request: Request | None, viewer: Viewer | None, permission: str) -> bool:
+    """For templates: does the signed-in person hold this permission (say, to show a link)?"""
+    if request is None or viewer is None:
+        return False
+    runtime: Runtime = request.app.state.runtime
+    return bool(runtime.policy.authorize(viewer.principal, permission))
+
+
+env.globals["may"] = may
+
+
 def _sessions(rt: RuntimeDep) -> Iterator[Session]:
     with rt.sessions() as session:
         yield session
@@ -130,7 +142,15 @@ def viewer_in_stages(
     if found is None or cookie is None or found[1].stage not in stages:
         raise LoginRequired()
     user, web_session = found
-    principal = users_repo.principal_for(session, user, rt.policy)
+    principal = replace(
+        users_repo.principal_for(session, user, rt.policy),
+        mfa_checked_at=web_session.mfa_verified_at,
+    )
+    if web_session.stage == auth.ACTIVE and auth.second_factor_missing(rt.policy, principal):
+        auth.hold_for_second_factor(session, rt.settings, user, web_session, origin)
+        session.commit()
+        if web_session.stage not in stages:
+            raise LoginRequired()
     workspaces = rt.policy.workspaces_for(principal) if web_session.stage == auth.ACTIVE else []
     return Viewer(
         user,
@@ -864,11 +884,13 @@ SSE_KEEPALIVE_SECONDS = 15.0
 
 
 @router.get("/events")
-async def events(request: Request, viewer: ViewerDep) -> Response:
-    """Server-sent events: which request changed. Pages decide what to re-fetch."""
+async def events(request: Request, viewer: ViewerDep, rt: RuntimeDep) -> Response:
+    """Server-sent events: which request in the viewer's data scope changed. Pages decide
+    what to re-fetch (through the same scope checks)."""
     hub = getattr(request.app.state, "events", None)
     if hub is None:
         return Response(status_code=204)
+    scope = rt.policy.scope_of(viewer.principal)
     queue = hub.subscribe()
 
     async def stream() -> AsyncIterator[str]:
@@ -880,7 +902,9 @@ async def events(request: Request, viewer: ViewerDep) -> Response:
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                yield f"event: request\ndata: {payload}\n\n"
+                change = change_for(scope, payload)
+                if change is not None:
+                    yield f"event: request\ndata: {change}\n\n"
         finally:
             hub.unsubscribe(queue)
 

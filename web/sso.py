@@ -96,8 +96,11 @@ async def oidc_callback(request: Request, rt: RuntimeDep) -> Response:
             except auth.AccessRefused as exc:
                 session.commit()  # the audited refusal (and any roles taken away)
                 return _refused(request, rt, f"Access refused: {exc}.", 403)
-            auth.complete_login(session, user, origin, mfa=False)
-            opened = auth.open_web_session(session, rt.settings, user, origin)
+            mfa_at = person.mfa_at
+            auth.complete_login(session, user, origin, mfa=mfa_at is not None)
+            opened = auth.open_web_session(
+                session, rt.settings, user, origin, mfa_verified_at=mfa_at
+            )
             session.commit()
         return opened, sso_oidc.pending_next(rt.settings, pending) or "/tasks"
 

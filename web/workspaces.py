@@ -63,6 +63,7 @@ LIABILITY = re.compile(r"^\d{1,16}(\.\d{1,2})?$")
 AUDIT_ID = re.compile(r"^\d{1,18}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 BAD_CURSOR = "That page link is not valid; start again from the first page."
+COMMISSION_SUMMARY_MONTHS = 6  # the month listed and the five before it
 
 Choices = Sequence[str] | Callable[[Session, Runtime], Sequence[str]]
 
@@ -405,18 +406,32 @@ def list_payments(ctx: ListContext) -> Listing:
     return _paged(ctx, rows, lambda r: r.payment.id, lambda r: payment_offers(r, scope))
 
 
+def _months_up_to(start: datetime, count: int) -> list[str]:
+    """'YYYY-MM' of the `count` calendar months ending with the one at `start`, newest first
+    (fewer near year 1)."""
+    index = start.year * 12 + start.month - 1
+    return [f"{i // 12:04d}-{i % 12 + 1:02d}" for i in range(index, max(index - count, 11), -1)]
+
+
 def list_commissions(ctx: ListContext) -> Listing:
     month = ctx.value("month") or datetime.now(UTC).strftime("%Y-%m")
     start, end = _month_bounds(month)
+    filters = _affiliate_filters(ctx)
+    scope = ctx.players_in_scope()
     rows = platform_repo.commissions(
         ctx.session,
-        _affiliate_filters(ctx),
+        filters,
         month_start=start,
         month_end=end,
-        scope=ctx.players_in_scope(),
+        scope=scope,
         after=ctx.id_cursor(),
         limit=PAGE_SIZE + 1,
     )
+    months = _months_up_to(start, COMMISSION_SUMMARY_MONTHS)
+    totals = platform_repo.commission_totals(
+        ctx.session, filters, since=_month_bounds(months[-1])[0], until=end, scope=scope
+    )
+    other_filters = {name: value for name, value in ctx.values.items() if value and name != "month"}
     listing = _paged(ctx, rows, lambda c: c.affiliate.id)
     listing.links = action_links(
         ctx.session,
@@ -427,6 +442,14 @@ def list_commissions(ctx: ListContext) -> Listing:
     listing.extra = {
         "month": month,
         "total": sum((c.amount for c in listing.rows), Decimal("0")),
+        # (month's total, link that lists that month with the same filters), newest first
+        "monthly_totals": [
+            (
+                totals.get(m) or platform_repo.MonthTotal(m, 0, Decimal("0")),
+                "?" + urlencode({"month": m, **other_filters}),
+            )
+            for m in months
+        ],
     }
     return listing
 

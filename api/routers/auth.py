@@ -65,7 +65,9 @@ def create_token(body: TokenRequest, request: Request, session: SessionDep, rt: 
             "your role requires multi-factor authentication: set it up at /account/mfa "
             "in the web console first",
         )
-    pair = auth.issue_tokens(session, rt.settings, signed_in.user)
+    # An enrolled person reaching here gave a right code just now.
+    mfa_at = signed_in.user.mfa_verified_at if auth.mfa_enrolled(signed_in.user) else None
+    pair = auth.issue_tokens(session, rt.settings, signed_in.user, mfa_at=mfa_at)
     session.commit()
     return TokenResponse(
         access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in

@@ -24,8 +24,10 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Subquery
 
 from core.models import (
     Affiliate,
@@ -309,20 +311,19 @@ class AffiliateFilters:
     status: str | None = None
 
 
+def _affiliate_conditions(filters: AffiliateFilters) -> list[ColumnElement[bool] | None]:
+    return [
+        matches_any(filters.query, Affiliate.id, Affiliate.name),
+        _equals(Affiliate.plan, filters.plan),
+        _equals(Affiliate.status, filters.status),
+    ]
+
+
 def affiliates(
     session: Session, filters: AffiliateFilters, *, after: str | None = None, limit: int = 25
 ) -> list[Affiliate]:
     rows = _page_by_id(
-        session,
-        select(Affiliate),
-        Affiliate.id,
-        [
-            matches_any(filters.query, Affiliate.id, Affiliate.name),
-            _equals(Affiliate.plan, filters.plan),
-            _equals(Affiliate.status, filters.status),
-        ],
-        after,
-        limit,
+        session, select(Affiliate), Affiliate.id, _affiliate_conditions(filters), after, limit
     )
     return [row[0] for row in rows]
 
@@ -500,31 +501,87 @@ def reconciliation_counts(session: Session, scope: PlayerScope = EVERY_PLAYER) -
 # --- affiliate commissions -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Commission:
-    """One affiliate's commission for one calendar month.
+def _month_of(moment: Any) -> ColumnElement[str]:
+    """The calendar month (UTC) of a timestamp, as 'YYYY-MM'."""
+    return func.to_char(func.timezone("UTC", moment), "YYYY-MM")
+
+
+def _monthly_commissions(
+    referred_by: ColumnElement[bool], scope: PlayerScope, since: datetime, until: datetime
+) -> Subquery:
+    """Per affiliate and calendar month from `since` to `until`: the referred players'
+    payments and the commission they earn; the one place the commission is computed.
 
     revshare and hybrid: rate percent of the referred players' net revenue (paid deposits
     less paid withdrawals) in the month, nothing when that is negative (no carry-over);
-    cpa: rate per referred player whose first paid deposit falls in the month.
+    cpa: rate per referred player whose first paid deposit falls in the month. Only the
+    players in `scope` count, so the figures reveal nothing outside it. `referred_by`
+    selects the affiliates, as a condition on `Player.affiliate_id`.
     """
+    players = [referred_by, *(c for c in scope.conditions() if c is not None)]
+    paid_in_range = (
+        select(
+            Player.affiliate_id.label("affiliate_id"),
+            _month_of(Payment.paid_at).label("month"),
+            case((Payment.kind == "deposit", Payment.amount), else_=ZERO).label("deposits"),
+            case((Payment.kind == "withdrawal", Payment.amount), else_=ZERO).label("withdrawals"),
+            literal(0).label("first_depositors"),
+        )
+        .join(Player, Player.id == Payment.player_id)
+        .where(Payment.status == "paid", Payment.paid_at >= since, Payment.paid_at < until)
+        .where(*players)
+    )
+    first_deposit = (
+        select(Player.affiliate_id.label("affiliate_id"), func.min(Payment.paid_at).label("at"))
+        .join(Player, Player.id == Payment.player_id)
+        .where(Payment.kind == "deposit", Payment.status == "paid", *players)
+        .group_by(Player.id, Player.affiliate_id)
+        .subquery()
+    )
+    first_in_range = select(
+        first_deposit.c.affiliate_id,
+        _month_of(first_deposit.c.at),
+        literal(ZERO),
+        literal(ZERO),
+        literal(1),
+    ).where(first_deposit.c.at >= since, first_deposit.c.at < until)
+    facts = union_all(paid_in_range, first_in_range).subquery()
+    deposits = func.sum(facts.c.deposits)
+    withdrawals = func.sum(facts.c.withdrawals)
+    first_depositors = func.sum(facts.c.first_depositors)
+    amount = case(
+        (Affiliate.plan == "cpa", func.round(Affiliate.rate * first_depositors, 2)),
+        else_=func.round(Affiliate.rate * func.greatest(deposits - withdrawals, ZERO) / 100, 2),
+    )
+    return (
+        select(
+            facts.c.affiliate_id,
+            facts.c.month,
+            deposits.label("deposits"),
+            withdrawals.label("withdrawals"),
+            first_depositors.label("first_depositors"),
+            amount.label("amount"),
+        )
+        .join(Affiliate, Affiliate.id == facts.c.affiliate_id)
+        .group_by(facts.c.affiliate_id, facts.c.month, Affiliate.plan, Affiliate.rate)
+        .subquery()
+    )
+
+
+@dataclass(frozen=True)
+class Commission:
+    """One affiliate's commission for one calendar month (see _monthly_commissions)."""
 
     affiliate: Affiliate
     referred_players: int
     deposits: Decimal
     withdrawals: Decimal
     first_depositors: int
+    amount: Decimal
 
     @property
     def net_revenue(self) -> Decimal:
         return self.deposits - self.withdrawals
-
-    @property
-    def amount(self) -> Decimal:
-        if self.affiliate.plan == "cpa":
-            return (self.affiliate.rate * self.first_depositors).quantize(Decimal("0.01"))
-        share = self.affiliate.rate * max(self.net_revenue, ZERO) / 100
-        return share.quantize(Decimal("0.01"))
 
 
 def commissions(
@@ -551,47 +608,45 @@ def commissions(
             .group_by(Player.affiliate_id)
         ).all()
     )
-    in_month = and_(
-        Payment.status == "paid", Payment.paid_at >= month_start, Payment.paid_at < month_end
-    )
-    flows = {
-        affiliate_id: (deposits, withdrawals)
-        for affiliate_id, deposits, withdrawals in session.execute(
-            select(
-                Player.affiliate_id,
-                func.coalesce(func.sum(Payment.amount).filter(Payment.kind == "deposit"), ZERO),
-                func.coalesce(func.sum(Payment.amount).filter(Payment.kind == "withdrawal"), ZERO),
-            )
-            .join(Player, Player.id == Payment.player_id)
-            .where(Player.affiliate_id.in_(ids), in_month, *players_in_scope)
-            .group_by(Player.affiliate_id)
-        )
+    monthly = _monthly_commissions(Player.affiliate_id.in_(ids), scope, month_start, month_end)
+    figures = {
+        row.affiliate_id: (row.deposits, row.withdrawals, row.first_depositors, row.amount)
+        for row in session.execute(select(monthly))
     }
-    first_deposit = (
-        select(Player.affiliate_id.label("affiliate_id"), func.min(Payment.paid_at).label("first"))
-        .join(Player, Player.id == Payment.player_id)
-        .where(
-            Player.affiliate_id.in_(ids),
-            Payment.kind == "deposit",
-            Payment.status == "paid",
-            *players_in_scope,
-        )
-        .group_by(Player.id, Player.affiliate_id)
-        .subquery()
-    )
-    newcomers: dict[str, int] = dict(
-        session.execute(
-            select(first_deposit.c.affiliate_id, func.count())
-            .where(first_deposit.c.first >= month_start, first_deposit.c.first < month_end)
-            .group_by(first_deposit.c.affiliate_id)
-        ).all()
-    )
     return [
         Commission(
             affiliate,
             referred.get(affiliate.id, 0),
-            *flows.get(affiliate.id, (ZERO, ZERO)),
-            newcomers.get(affiliate.id, 0),
+            *figures.get(affiliate.id, (ZERO, ZERO, 0, ZERO)),
         )
         for affiliate in page
     ]
+
+
+@dataclass(frozen=True)
+class MonthTotal:
+    month: str  # YYYY-MM
+    affiliates: int  # those earning a commission in the month
+    total: Decimal
+
+
+def commission_totals(
+    session: Session,
+    filters: AffiliateFilters,
+    *,
+    since: datetime,
+    until: datetime,
+    scope: PlayerScope = EVERY_PLAYER,
+) -> dict[str, MonthTotal]:
+    """Month ('YYYY-MM') → the commission of every affiliate matching `filters` (not one
+    page of them), for the months from `since` to `until` that have any."""
+    matching = _where(select(Affiliate.id), _affiliate_conditions(filters)).scalar_subquery()
+    monthly = _monthly_commissions(Player.affiliate_id.in_(matching), scope, since, until)
+    rows = session.execute(
+        select(
+            monthly.c.month,
+            func.count().filter(monthly.c.amount > 0),
+            func.sum(monthly.c.amount),
+        ).group_by(monthly.c.month)
+    )
+    return {month: MonthTotal(month, earning, total) for month, earning, total in rows}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -18,8 +19,11 @@ from sqlalchemy import func, select, update
 
 from api.app import create_app
 from core.db import SessionFactory
-from core.models import AuditEvent, LoginAttempt, Task, User, WebSession
-from tests.conftest import HIDDEN_CSRF, Tokens
+from core.models import AuditEvent, LoginAttempt, Task, User, UserRole, WebSession
+from core.runtime import Runtime
+from core.security import ACCESS, encode_token
+from core.settings import Settings
+from tests.conftest import HIDDEN_CSRF, TEST_SECRET, Tokens
 from web.routes import SESSION_COOKIE
 
 PASSWORD = "backoffice"
@@ -144,11 +148,15 @@ async def enrolled_user(make_user, client_factory, sessions, roles=("finance.man
     async with client_factory() as web:
         await web_login(web, username)
         secret = await enrol_in_browser(web, sessions, username)
-    # As if enrolled a while ago: the codes of this 30-second window are usable again.
+    forget_used_codes(sessions, username)
+    return username, secret
+
+
+def forget_used_codes(sessions: SessionFactory, username: str) -> None:
+    """As if the last code was typed a while ago: this 30-second window's codes work again."""
     with sessions() as session:
         session.execute(update(User).where(User.username == username).values(mfa_last_step=None))
         session.commit()
-    return username, secret
 
 
 def session_rows(sessions: SessionFactory, username: str) -> list[WebSession]:
@@ -341,14 +349,24 @@ async def submit_withdrawal(api, tokens: Tokens, payment_id: str) -> str:
     return created.json()["id"]
 
 
-def age_last_mfa(sessions: SessionFactory, username: str, minutes: int) -> None:
-    with sessions() as session:
-        session.execute(
-            update(User)
-            .where(User.username == username)
-            .values(mfa_verified_at=datetime.now(UTC) - timedelta(minutes=minutes))
-        )
-        session.commit()
+def token_checked_minutes_ago(sessions: SessionFactory, username: str, minutes: int) -> dict:
+    """Headers with an access token of a sign-in whose code was typed `minutes` ago."""
+    then = datetime.now(UTC) - timedelta(minutes=minutes)
+    user = user_row(sessions, username)
+    access, _ = encode_token(
+        TEST_SECRET,
+        user_id=user.id,
+        token_type=ACCESS,
+        lifetime=timedelta(hours=1),
+        now=then,
+        mfa_at=then,
+    )
+    return {"Authorization": f"Bearer {access}"}
+
+
+def age_session_check(sessions: SessionFactory, username: str, minutes: int) -> None:
+    then = datetime.now(UTC) - timedelta(minutes=minutes)
+    shift_session(sessions, username, mfa_verified_at=then)
 
 
 def approvals_on_first_step(sessions: SessionFactory, request_id: str) -> int:
@@ -362,8 +380,7 @@ async def test_high_risk_approval_needs_a_fresh_code(
     make_user, client_factory, api, tokens, new_withdrawal, sessions
 ):
     manager, secret = await enrolled_user(make_user, client_factory, sessions)
-    headers = bearer(await token(api, manager, totp=code_for(sessions, manager, secret)))
-    age_last_mfa(sessions, manager, 30)
+    headers = token_checked_minutes_ago(sessions, manager, 30)
     request_id = await submit_withdrawal(api, tokens, new_withdrawal("15000.00"))
     decision = f"/api/v1/requests/{request_id}/decision"
 
@@ -386,22 +403,61 @@ async def test_high_risk_approval_needs_a_fresh_code(
     assert events(sessions, manager, "auth.mfa_step_up")[-1].after == {"for": "payment.withdrawal"}
 
 
-async def test_ordinary_approval_and_recent_mfa_need_no_new_code(
+async def test_ordinary_approval_and_a_sign_in_with_a_recent_code_need_no_new_code(
     make_user, client_factory, api, tokens, new_withdrawal, sessions
 ):
     manager, secret = await enrolled_user(make_user, client_factory, sessions)
-    headers = bearer(await token(api, manager, totp=code_for(sessions, manager, secret)))
-    age_last_mfa(sessions, manager, 30)
+    stale = token_checked_minutes_ago(sessions, manager, 30)
     small = await submit_withdrawal(api, tokens, new_withdrawal("2500.00"))
     approved = await api.post(
-        f"/api/v1/requests/{small}/decision", json={"decision": "approve"}, headers=headers
+        f"/api/v1/requests/{small}/decision", json={"decision": "approve"}, headers=stale
     )
     assert approved.status_code == 200, approved.text
 
-    age_last_mfa(sessions, manager, 1)  # within STEP_UP_MINUTES
+    signed_in = await token(api, manager, totp=code_for(sessions, manager, secret))
+    rotated = await api.post(
+        "/api/v1/auth/refresh", json={"refresh_token": signed_in.json()["refresh_token"]}
+    )
     large = await submit_withdrawal(api, tokens, new_withdrawal("20000.00"))
     approved = await api.post(
-        f"/api/v1/requests/{large}/decision", json={"decision": "approve"}, headers=headers
+        f"/api/v1/requests/{large}/decision", json={"decision": "approve"}, headers=bearer(rotated)
+    )
+    assert approved.status_code == 200, approved.text  # the code of the sign-in, carried over
+
+
+@pytest.fixture
+async def api_as_shipped(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with STEP_UP_REQUIRES_MFA at its default (the suite's settings turn it off)."""
+    shipped = replace(
+        runtime, settings=runtime.settings.model_copy(update={"step_up_requires_mfa": True})
+    )
+    transport = httpx.ASGITransport(app=create_app(shipped))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+def test_the_shipped_default_refuses_high_risk_approvals_without_mfa():
+    assert Settings.model_fields["step_up_requires_mfa"].default is True
+
+
+async def test_high_risk_approval_without_mfa_set_up_is_refused(
+    make_user, api_as_shipped, tokens, new_withdrawal, sessions
+):
+    api = api_as_shipped
+    manager = make_user(("finance.manager",), "fin-treasury", "finance")
+    headers = bearer(await token(api, manager))
+    large = await submit_withdrawal(api, tokens, new_withdrawal("15000.00"))
+    refused = await api.post(
+        f"/api/v1/requests/{large}/decision",
+        json={"decision": "approve", "totp": "123456"},
+        headers=headers,
+    )
+    assert refused.status_code == 403, refused.text
+    assert "set up an authenticator" in refused.json()["detail"]
+    assert approvals_on_first_step(sessions, large) == 0
+    small = await submit_withdrawal(api, tokens, new_withdrawal("2500.00"))
+    approved = await api.post(
+        f"/api/v1/requests/{small}/decision", json={"decision": "approve"}, headers=headers
     )
     assert approved.status_code == 200, approved.text
 
@@ -411,16 +467,17 @@ async def test_web_step_up_page_then_approve(
 ):
     manager, secret = await enrolled_user(make_user, client_factory, sessions)
     request_id = await submit_withdrawal(api, tokens, new_withdrawal("12000.00"))
-    async with client_factory() as web:
-        await password_step(web, manager)
-        form = await web.get("/login/mfa")
-        csrf = HIDDEN_CSRF.search(form.text)
-        assert csrf
-        await web.post(
-            "/login/mfa",
-            data={"csrf_token": csrf.group(1), "totp": code_for(sessions, manager, secret)},
-        )
-        age_last_mfa(sessions, manager, 30)
+    async with client_factory() as web, client_factory() as other_browser:
+        for browser in (web, other_browser):
+            await password_step(browser, manager)
+            form = await browser.get("/login/mfa")
+            csrf = HIDDEN_CSRF.search(form.text)
+            assert csrf
+            await browser.post(
+                "/login/mfa",
+                data={"csrf_token": csrf.group(1), "totp": code_for(sessions, manager, secret)},
+            )
+        age_session_check(sessions, manager, 30)
         csrf_token = await csrf_of(web, f"/requests/{request_id}")
         decide = {"csrf_token": csrf_token, "decision": "approve", "comment": ""}
         refused = await web.post(
@@ -428,6 +485,7 @@ async def test_web_step_up_page_then_approve(
         )
         assert "high-risk" in refused.text
         assert approvals_on_first_step(sessions, request_id) == 0
+        forget_used_codes(sessions, manager)
         verified = await web.post(
             "/account/verify",
             data={
@@ -437,10 +495,53 @@ async def test_web_step_up_page_then_approve(
             },
         )
         assert verified.headers["location"] == f"/requests/{request_id}"
+
+        # The code typed in one browser vouches for that sign-in only.
+        other_csrf = await csrf_of(other_browser, f"/requests/{request_id}")
+        elsewhere = await other_browser.post(
+            f"/requests/{request_id}/decision",
+            data={**decide, "csrf_token": other_csrf},
+            headers={"HX-Request": "true"},
+        )
+        assert "high-risk" in elsewhere.text
+        assert approvals_on_first_step(sessions, request_id) == 0
+
         await web.post(
             f"/requests/{request_id}/decision", data=decide, headers={"HX-Request": "true"}
         )
         assert approvals_on_first_step(sessions, request_id) == 1
+
+
+def grant_role(sessions: SessionFactory, username: str, role: str) -> None:
+    with sessions() as session:
+        user_id = session.execute(select(User.id).where(User.username == username)).scalar_one()
+        session.add(UserRole(user_id=user_id, role=role))
+        session.commit()
+
+
+async def test_a_role_needing_mfa_given_mid_session_holds_that_session(
+    make_user, client_factory, api, sessions
+):
+    username = make_user(("finance.clerk",), "fin-payouts", "finance")
+    headers = bearer(await token(api, username))
+    async with client_factory() as web:
+        await web_login(web, username)
+        assert (await web.get("/tasks")).status_code == 200
+        grant_role(sessions, username, "finance.vip_payments")  # mfa_required
+
+        held = await web.get("/tasks")
+        assert held.status_code == 303
+        assert (await web.get("/login")).headers["location"] == "/account/mfa"
+        assert session_rows(sessions, username)[-1].stage == "enrol"
+        assert events(sessions, username, "auth.mfa_now_required")[-1].after == {
+            "session": session_rows(sessions, username)[-1].id,
+            "waits_for": "enrol",
+        }
+        refused = await api.get("/api/v1/me", headers=headers)
+        assert refused.status_code == 403 and "multi-factor" in refused.json()["detail"]
+
+        await enrol_in_browser(web, sessions, username)
+        assert (await web.get("/tasks")).status_code == 200
 
 
 # --- session timeouts and limits ------------------------------------------------------

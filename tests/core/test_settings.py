@@ -31,6 +31,16 @@ def test_production_refuses_a_short_secret(monkeypatch):
         Settings(BACKOFFICE_ENV="production")
 
 
+def test_production_refuses_a_short_scim_token(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", GOOD)
+    monkeypatch.setenv("AUDIT_SIGNING_KEY", GOOD)
+    monkeypatch.setenv("SCIM_TOKEN", "guessable")
+    with pytest.raises(ValidationError, match="SCIM_TOKEN"):
+        Settings(BACKOFFICE_ENV="production")
+    monkeypatch.setenv("SCIM_TOKEN", GOOD)
+    assert Settings(BACKOFFICE_ENV="production").scim_token is not None
+
+
 def test_seed_is_refused_outside_dev_mode(monkeypatch):
     from core import cli
 

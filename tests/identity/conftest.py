@@ -11,8 +11,9 @@ import dataclasses
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,11 @@ SCHEMA = Path("/etc/ldap/schema")
 SUFFIX = "dc=example,dc=com"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"
+# People named cn=<display name> here: LDAP_USER_DN_TEMPLATE cannot derive their DN.
+CONTRACTORS = f"ou=contractors,{SUFFIX}"
+SERVICES = f"ou=services,{SUFFIX}"
+SERVICE_DN = f"cn=backoffice-reader,{SERVICES}"
+SERVICE_PASSWORD = "service-account-secret"
 LDAP_PASSWORD = "directory-secret"
 OIDC_CLIENT_ID = "backoffice"
 OIDC_CLIENT_SECRET = "oidc-client-secret"
@@ -47,6 +53,15 @@ DIRECTORY_PEOPLE = {
     "ops.agent": ("Impostor With A Taken Name", ["backoffice-admins"]),
     "rob.removed": ("Rob Removed", ["finance-clerks"]),
     "max.clerk": ("Max Clerk", ["finance-clerks"]),  # a group keeps one member at least
+    "alex.inflight": ("Alex Inflight", ["finance-clerks"]),
+    "jo.locked": ("Jo Locked", ["finance-clerks"]),
+    "casey.parallel": ("Casey Parallel", ["finance-clerks"]),
+    "twin.person": ("Twin In People", ["finance-clerks"]),
+}
+DIRECTORY_CONTRACTORS = {
+    "pat.contractor": ("Pat Contractor", ["finance-clerks", "risk-analysts"]),
+    "kim.contractor": ("Kim Contractor", ["ops-agents"]),
+    "twin.person": ("Twin In Contractors", ["finance-clerks"]),  # two entries, one uid
 }
 
 
@@ -75,20 +90,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ldif(password_hash: str) -> str:
+def _ldif(password_hash: str, service_password_hash: str) -> str:
     entries = [
         f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example",
         f"dn: {PEOPLE}\nobjectClass: organizationalUnit\nou: people",
+        f"dn: {CONTRACTORS}\nobjectClass: organizationalUnit\nou: contractors",
         f"dn: {GROUPS}\nobjectClass: organizationalUnit\nou: groups",
+        f"dn: {SERVICES}\nobjectClass: organizationalUnit\nou: services",
+        f"dn: {SERVICE_DN}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
+        f"cn: backoffice-reader\nuserPassword: {service_password_hash}",
     ]
     members: dict[str, list[str]] = {}
-    for uid, (name, groups) in DIRECTORY_PEOPLE.items():
+    people = [(f"uid={uid},{PEOPLE}", uid, *held) for uid, held in DIRECTORY_PEOPLE.items()]
+    people += [
+        (f"cn={held[0]},{CONTRACTORS}", uid, *held) for uid, held in DIRECTORY_CONTRACTORS.items()
+    ]
+    for dn, uid, name, groups in people:
         entries.append(
-            f"dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {name}\n"
+            f"dn: {dn}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {name}\n"
             f"sn: {name.split()[-1]}\ndisplayName: {name}\nuserPassword: {password_hash}"
         )
         for group in groups:
-            members.setdefault(group, []).append(f"uid={uid},{PEOPLE}")
+            members.setdefault(group, []).append(dn)
     for group, dns in members.items():
         lines = "\n".join(f"member: {dn}" for dn in dns)
         entries.append(f"dn: cn={group},{GROUPS}\nobjectClass: groupOfNames\ncn: {group}\n{lines}")
@@ -109,9 +132,12 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
         pytest.fail("slapd is not installed: apt-get install slapd ldap-utils (see .ci/run)")
     root = tmp_path_factory.mktemp("slapd")
     (root / "data").mkdir()
-    hashed = subprocess.run(
-        [str(SLAPPASSWD), "-s", LDAP_PASSWORD], check=True, capture_output=True, text=True
-    ).stdout.strip()
+    hashed, service_hashed = (
+        subprocess.run(
+            [str(SLAPPASSWD), "-s", secret], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        for secret in (LDAP_PASSWORD, SERVICE_PASSWORD)
+    )
     admin_password = "admin-secret"
     conf = root / "slapd.conf"
     # `allow bind_anon_dn` makes this directory as lax as many in the wild: a DN with an
@@ -140,7 +166,7 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
         )
     )
     ldif = root / "people.ldif"
-    ldif.write_text(_ldif(hashed))
+    ldif.write_text(_ldif(hashed, service_hashed))
     subprocess.run(
         [str(SLAPADD), "-f", str(conf), "-l", str(ldif)], check=True, capture_output=True
     )
@@ -172,6 +198,108 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
             process.kill()
             process.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def search_then_bind_settings(**update: object) -> dict[str, object]:
+    """Settings updates for search-then-bind as the directory's service account."""
+    return {
+        "ldap_bind_dn": SERVICE_DN,
+        "ldap_bind_password": SecretStr(SERVICE_PASSWORD),
+        "ldap_user_search_base": SUFFIX,
+        "ldap_user_filter": "(&(objectClass=inetOrgPerson)(uid={username}))",
+        **update,
+    }
+
+
+@contextlib.contextmanager
+def directory_settings(runtime: Runtime, **update: object) -> Iterator[None]:
+    """The running app with some directory settings changed, for the `with` block."""
+    working = runtime.settings
+    runtime.settings = working.model_copy(update=update)
+    try:
+        yield
+    finally:
+        runtime.settings = working
+
+
+class HeldDirectory:
+    """A TCP front of the directory that holds every connection it accepts until the test
+    lets it through to slapd or hangs up: a slow directory without sleeping."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.removeprefix("ldap://").rstrip("/").split(":")
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ldap://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.accepted = threading.Event()
+        self.connections = 0
+        self._decided = threading.Event()
+        self._pass_through = False
+        self._sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                self._sockets.append(client)
+                self.connections += 1
+                self.accepted.set()
+                threading.Thread(target=self._hold, args=(client,), daemon=True).start()
+
+    def _hold(self, client: socket.socket) -> None:
+        self._decided.wait()
+        if not self._pass_through:
+            client.close()
+            return
+        upstream = socket.create_connection(self.upstream)
+        self._sockets.append(upstream)
+        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+        self._pipe(client, upstream)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+
+    def wait_for_a_connection(self) -> None:
+        assert self.accepted.wait(30), "nothing connected to the directory within 30 s"
+
+    def let_through(self) -> None:
+        self._pass_through = True
+        self._decided.set()
+
+    def hang_up(self) -> None:
+        self._decided.set()
+
+    def close(self) -> None:
+        self._decided.set()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@pytest.fixture
+def held_directory(slapd: Directory) -> Iterator[HeldDirectory]:
+    held = HeldDirectory(slapd.url)
+    try:
+        yield held
+    finally:
+        held.close()
+
+
+@pytest.fixture
+def client_at(runtime: Runtime) -> Iterator[Callable[[str], httpx.AsyncClient]]:
+    """API clients from their own address, so their failures do not throttle 127.0.0.1."""
+    app = create_app(runtime)
+
+    def make(ip: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(ip, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
+
+    yield make
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from core import sso_oidc
 from core.db import SessionFactory
-from core.models import WebSession
+from core.models import User, WebSession
 from core.repositories import users as users_repo
 from core.runtime import Runtime
 from core.security import hash_password
@@ -257,3 +258,40 @@ async def test_single_sign_on_cannot_take_over_a_local_account(
     assert before is not None and after is not None
     assert after[1] == before[1] and after[0].auth_source == "local"
     assert browser_like.cookies.get("bo_session") is None
+
+
+def session_checks(sessions: SessionFactory, username: str) -> list[object]:
+    with sessions() as session:
+        return list(
+            session.execute(
+                select(WebSession.mfa_verified_at)
+                .join(User, User.id == WebSession.user_id)
+                .where(User.username == username)
+            ).scalars()
+        )
+
+
+@pytest.mark.parametrize(("methods", "vouched"), [(["pwd", "otp"], True), (["pwd"], False)])
+async def test_a_provider_that_checked_a_second_factor_vouches_for_the_session(
+    browser_like, oidc_provider, sessions, methods, vouched
+):
+    """An ID token saying `amr: otp` counts as this sign-in's MFA check; `pwd` alone does not."""
+    sub, username = new_person(oidc_provider, ["finance-managers"])
+    person = {"preferred_username": username, "name": "Pat", "groups": ["finance-managers"]}
+    oidc_provider.set_person(sub, {**person, "amr": methods})
+    assert (await browser_like.get(await to_callback(browser_like, sub))).status_code == 303
+    [checked] = session_checks(sessions, username)
+    assert (checked is not None) == vouched
+    [login] = events(sessions, username, "auth.login")
+    assert login.after is not None and login.after["mfa"] is vouched
+
+
+def test_second_factor_time_reads_amr_and_auth_time():
+    now = int(datetime.now(UTC).timestamp())
+    assert sso_oidc.second_factor_time({"amr": ["pwd"]}) is None
+    assert sso_oidc.second_factor_time({"amr": "otp"}) is None  # not a list: not trusted
+    assert sso_oidc.second_factor_time({}) is None
+    checked = sso_oidc.second_factor_time({"amr": ["pwd", "mfa"], "auth_time": now - 600})
+    assert checked == datetime.fromtimestamp(now - 600, UTC)
+    future = sso_oidc.second_factor_time({"amr": ["hwk"], "auth_time": now + 3600})
+    assert future is not None and future <= datetime.now(UTC)  # never later than now
