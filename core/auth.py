@@ -338,6 +338,30 @@ def is_high_risk(settings: Settings, action: str, amount: Decimal | None) -> boo
     )
 
 
+# What a high-risk approval still needs of this sign-in (see `step_up_needed`).
+STEP_UP_CODE = "code"
+STEP_UP_ENROL = "enrol"
+
+
+def step_up_needed(
+    settings: Settings,
+    principal: Principal,
+    user: User,
+    action: str,
+    amount: Decimal | None,
+) -> str | None:
+    """None when this approval may go ahead as things stand; STEP_UP_CODE when it needs an
+    authenticator code (none within STEP_UP_MINUTES on this sign-in); STEP_UP_ENROL when the
+    person has no second factor set up and STEP_UP_REQUIRES_MFA says that is not enough."""
+    if not is_high_risk(settings, action, amount):
+        return None
+    if not mfa_enrolled(user):
+        return STEP_UP_ENROL if settings.step_up_requires_mfa else None
+    fresh_since = datetime.now(UTC) - timedelta(minutes=settings.step_up_minutes)
+    checked = principal.mfa_checked_at
+    return STEP_UP_CODE if checked is None or checked < fresh_since else None
+
+
 def step_up(
     session: Session,
     settings: Settings,
@@ -348,28 +372,22 @@ def step_up(
     origin: Origin,
 ) -> None:
     """Before a high-risk approval: this sign-in's second-factor check within
-    STEP_UP_MINUTES, or a code now. Someone with no second factor set up is refused (with
-    STEP_UP_REQUIRES_MFA, the default): a password alone never clears a high-risk approval.
-    """
-    if not is_high_risk(settings, action, amount):
-        return
+    STEP_UP_MINUTES, or a code now. A password alone never clears a high-risk approval
+    (unless STEP_UP_REQUIRES_MFA is off)."""
     user = users_repo.by_id(session, principal.user_id)
     if user is None:
         return
-    if not mfa_enrolled(user):
-        if not settings.step_up_requires_mfa:
-            return
+    needed = step_up_needed(settings, principal, user, action, amount)
+    if needed == STEP_UP_ENROL:
         raise StepUpRequired(
             "this approval is high-risk and needs a second factor: set up an authenticator "
             "app on /account/mfa first, then approve with a code from it"
         )
-    if code:
+    if code and is_high_risk(settings, action, amount):
         verify_code(session, settings, user, code, origin, "step_up")
         record_step_up(session, user, origin, action)
         return
-    fresh_since = datetime.now(UTC) - timedelta(minutes=settings.step_up_minutes)
-    checked = principal.mfa_checked_at
-    if checked is None or checked < fresh_since:
+    if needed == STEP_UP_CODE:
         raise StepUpRequired(
             "this approval is high-risk: confirm it with a fresh authenticator code "
             '("totp" in the API, or the page /account/verify in the browser); this '

@@ -732,6 +732,13 @@ def _request_context(
     verdict, approver = request_service.decision_eligibility(session, rt, viewer.principal, request)
     timeline = audit.stream_events(session, f"request:{request_id}")
     mine = detail.requester == viewer.user.username
+    step_up = (
+        auth.step_up_needed(
+            rt.settings, viewer.principal, viewer.user, request.action, request.amount
+        )
+        if verdict
+        else None
+    )
     return {
         **base_context(viewer, "requests" if mine else "tasks"),
         "r": detail,
@@ -740,6 +747,8 @@ def _request_context(
         "decisions_by_step": _decisions_by_step(detail.decisions),
         "can_cancel": detail.status == "pending" and detail.requester == viewer.user.username,
         "timeline": timeline,
+        "step_up": step_up,
+        "step_up_minutes": rt.settings.step_up_minutes,
     }
 
 
@@ -863,6 +872,7 @@ async def decide(
         form.get("decision", ""),
         form.get("comment", ""),
         origin_of(request, "web"),
+        totp=form.get("totp") or None,
     )
     show = render_decided_row if form.get("from") == "task" else _request_body
     return await _run_then_show(request, rt, viewer, request_id, command, show)

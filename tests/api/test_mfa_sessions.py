@@ -512,6 +512,38 @@ async def test_web_step_up_page_then_approve(
         assert approvals_on_first_step(sessions, request_id) == 1
 
 
+async def test_web_approval_with_the_code_typed_on_the_request_page(
+    make_user, client_factory, tokens, api, new_withdrawal, sessions
+):
+    manager, secret = await enrolled_user(make_user, client_factory, sessions)
+    request_id = await submit_withdrawal(api, tokens, new_withdrawal("12000.00"))
+    small_id = await submit_withdrawal(api, tokens, new_withdrawal("300.00"))
+    async with client_factory() as web:
+        await password_step(web, manager)
+        csrf = await csrf_of(web, "/login/mfa")
+        await web.post(
+            "/login/mfa", data={"csrf_token": csrf, "totp": code_for(sessions, manager, secret)}
+        )
+        assert "Authenticator code" not in (await web.get(f"/requests/{request_id}")).text
+        age_session_check(sessions, manager, 30)
+        assert "Authenticator code" not in (await web.get(f"/requests/{small_id}")).text
+        page = await web.get(f"/requests/{request_id}")
+        assert "High-risk approval" in page.text and 'name="totp"' in page.text
+        forget_used_codes(sessions, manager)
+        decided = await web.post(
+            f"/requests/{request_id}/decision",
+            data={
+                "csrf_token": HIDDEN_CSRF.search(page.text).group(1),  # type: ignore[union-attr]
+                "decision": "approve",
+                "comment": "",
+                "totp": code_for(sessions, manager, secret),
+            },
+            headers={"HX-Request": "true"},
+        )
+        assert decided.status_code == 200 and "high-risk" not in decided.text
+        assert approvals_on_first_step(sessions, request_id) == 1
+
+
 def grant_role(sessions: SessionFactory, username: str, role: str) -> None:
     with sessions() as session:
         user_id = session.execute(select(User.id).where(User.username == username)).scalar_one()

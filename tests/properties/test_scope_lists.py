@@ -48,7 +48,8 @@ Web pages (web/)
 - /tasks (mine, team; filters): as GET /api/v1/tasks (the same task_service.queue_rows);
   rendered: test_the_pages_show_only_rows_within_a_random_scope.
 - /events (SSE): forwards a change only when the request's player is in the viewer's scope
-  (tests/web/test_live_updates.py); each page then re-reads through the checks above. No scoped rows: /jit, /delegations, /account/*, /admin/sessions, /admin/roles.
+  (tests/web/test_live_updates.py); each page then re-reads through the checks above.
+  No scoped rows: /jit, /delegations, /account/*, /admin/sessions, /admin/roles.
 
 Regions and segments narrow what one sees; the money limit narrows what one may act on (my
 queue, the payouts offered, claims and decisions), not what one sees (request lists, the team
