@@ -155,7 +155,8 @@ def _refuse_if_throttled(
     """Refuse a throttled username or address. Sign-ins of one username queue behind each
     other from here to the end of the caller's transaction, so parallel guesses are all
     counted before the next one is checked."""
-    session.execute(select(func.pg_advisory_xact_lock(SIGN_IN_LOCK_SPACE, func.hashtext(username))))
+    key = sessions_repo.failure_key(username)
+    session.execute(select(func.pg_advisory_xact_lock(SIGN_IN_LOCK_SPACE, func.hashtext(key))))
     now = datetime.now(UTC)
     until = locked_until(session, settings, username, now)
     if until is not None:

@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.auth import AccessRefused, DirectoryIncident, security_event
-from core.models import User, UserRole
+from core.models import ScimGroup, ScimGroupMember, User, UserRole
 from core.repositories import users as users_repo
 from core.runtime import Runtime
 from core.settings import Settings
@@ -56,7 +56,9 @@ class ExternalPerson:
     external_id: str
     username: str
     display_name: str
-    groups: tuple[str, ...]
+    # None: the provider did not say (no groups claim); the groups it provisioned over SCIM
+    # then count.
+    groups: tuple[str, ...] | None
     # When the provider says it checked a second factor (OIDC `amr`); None: not known.
     mfa_at: datetime | None = None
 
@@ -92,6 +94,16 @@ def _profile(user: User, roles: frozenset[str]) -> dict[str, object]:
     }
 
 
+def _provisioned_groups(session: Session, user: User) -> tuple[str, ...]:
+    """The groups the identity provider put this person in over SCIM."""
+    rows = session.execute(
+        select(ScimGroup.display_name)
+        .join(ScimGroupMember, ScimGroupMember.group_id == ScimGroup.id)
+        .where(ScimGroupMember.user_id == user.id)
+    )
+    return tuple(rows.scalars())
+
+
 def provision(
     session: Session, mapping: IdentityMap, person: ExternalPerson, origin: Origin
 ) -> User:
@@ -100,9 +112,12 @@ def provision(
     # Two first sign-ins of one person at once: one creates the user, the other waits.
     lock_key = f"identity:{person.source}:{person.external_id}"
     session.execute(select(func.pg_advisory_xact_lock(func.hashtext(lock_key))))
-    assignment = mapping.assign(person.groups)
     user = _by_external_id(session, person.source, person.external_id)
-    seen = {"source": person.source, "groups": sorted(person.groups)}
+    groups = person.groups
+    if groups is None:
+        groups = _provisioned_groups(session, user) if user is not None else ()
+    assignment = mapping.assign(groups)
+    seen = {"source": person.source, "groups": sorted(groups)}
     if user is None:
         holder = users_repo.by_username(session, person.username)
         if holder is not None:

@@ -32,7 +32,7 @@ from sqlalchemy import Select, delete, exists, func, insert, select, true
 from sqlalchemy.orm import Session
 
 from core import audit
-from core.auth import security_event
+from core.auth import end_other_sign_ins, security_event
 from core.identity import MAX_USERNAME, NO_LOCAL_PASSWORD, OIDC, apply_assignment
 from core.models import ScimGroup, ScimGroupMember, ScimUserProfile, User
 from core.repositories import users as users_repo
@@ -164,7 +164,9 @@ def parse_filter(text: str | None, attributes: Sequence[str]) -> tuple[str, str]
         value = json.loads(f'"{match.group(2)}"')
     except ValueError:
         raise _bad("the filter's value is not a valid string", "invalidFilter") from None
-    return known[match.group(1).lower()], str(value)
+    if not isinstance(value, str) or not value.isprintable():  # NUL never reaches PostgreSQL
+        raise _bad("the filter's value holds control characters", "invalidFilter")
+    return known[match.group(1).lower()], value
 
 
 def _scim_users() -> Select[Any]:
@@ -611,6 +613,9 @@ def replace_user(session: Session, ctx: Provisioner, user: User, fields: UserFie
     if after["active"] != before["active"]:
         action = "auth.user_reactivated" if user.is_active else "auth.user_deactivated"
     security_event(session, action, user.username, ctx.origin, after, "system", before)
+    if not user.is_active and before["active"]:
+        # Otherwise a later reactivation would bring the old cookies and tokens back.
+        end_other_sign_ins(session, user, ctx.origin, "deactivated", "system")
 
 
 def current_fields(session: Session, ctx: Provisioner, user: User) -> UserFields:
@@ -744,7 +749,9 @@ def _patch_user_path(resource: dict[str, Any], kind: str, path: str, value: obje
         if at == ("emails",) and value is not None:  # remove the addresses listed
             gone = {str(e.get("value", "")).lower() for e in _as_list(value) if isinstance(e, dict)}
             resource["emails"] = [
-                e for e in resource.get("emails") or [] if str(e.get("value")).lower() not in gone
+                e
+                for e in resource.get("emails") or []
+                if not isinstance(e, dict) or str(e.get("value")).lower() not in gone
             ]
         elif len(at) == 1 and at[0] in ("name", ENTERPRISE_SCHEMA):
             for sub in list(resource.get(at[0]) or {}):
@@ -761,7 +768,9 @@ def _patch_user_path(resource: dict[str, Any], kind: str, path: str, value: obje
         if kind == "add":  # add merges by address (RFC 7644 3.5.2.1)
             new = {str(e.get("value", "")).lower() for e in added if isinstance(e, dict)}
             kept = [
-                e for e in resource.get("emails") or [] if str(e.get("value")).lower() not in new
+                e
+                for e in resource.get("emails") or []
+                if not isinstance(e, dict) or str(e.get("value")).lower() not in new
             ]
             added = kept + added
         resource["emails"] = added

@@ -187,7 +187,9 @@ def finish(
     groups = claims.get(settings.oidc_groups_claim)
     if groups is None and provider.userinfo_endpoint:
         groups = _userinfo(provider.userinfo_endpoint, token).get(settings.oidc_groups_claim)
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+    if groups is not None and (
+        not isinstance(groups, list) or not all(isinstance(g, str) for g in groups)
+    ):
         groups = []
     username = check_username(claims.get("preferred_username"))
     return ExternalPerson(
@@ -195,11 +197,12 @@ def finish(
         external_id=f"{provider.issuer}|{claims['sub']}",
         username=username,
         display_name=str(claims.get("name") or username)[:128],
-        groups=tuple(groups),
+        groups=None if groups is None else tuple(groups),
         mfa_at=second_factor_time(claims),
     )
 
 
+LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
 # RFC 8176 methods that are a second factor on their own ("pwd" is not; "swk" alone is not).
 _SECOND_FACTOR_METHODS = frozenset({"mfa", "otp", "hwk", "sms", "fpt", "face", "iris"})
 
@@ -212,7 +215,9 @@ def second_factor_time(claims: dict[str, Any]) -> datetime | None:
     auth_time = claims.get("auth_time")
     if isinstance(auth_time, int) and not isinstance(auth_time, bool):
         return min(datetime.fromtimestamp(auth_time, UTC), datetime.now(UTC))
-    return datetime.now(UTC)
+    # A second factor at some unknown time (a silent sign-in may reuse a days-old one):
+    # enough for a role needing MFA, never fresh enough for a step-up.
+    return LONG_AGO
 
 
 def verify_id_token(

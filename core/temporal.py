@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,8 +61,17 @@ def build_activities(
     ]
 
 
-async def connect(address: str, namespace: str = "default") -> Client:
-    return await Client.connect(address, namespace=namespace)
+async def connect(address: str, namespace: str = "default", ready_within: float = 30) -> Client:
+    """A client, once the server answers: a server just started opens its port a little
+    before its frontend is healthy (it answers Unavailable until then)."""
+    deadline = time.monotonic() + ready_within
+    while True:
+        try:
+            return await Client.connect(address, namespace=namespace)
+        except RuntimeError as exc:
+            if "Unavailable" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def build_worker(

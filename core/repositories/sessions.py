@@ -106,12 +106,16 @@ def revoke_refresh_tokens_of(session: Session, user_id: int, now: datetime) -> i
 # --- failed sign-ins -------------------------------------------------------------------
 
 
+def failure_key(username: str) -> str:
+    """Failures count per username whatever its case: directories match names without
+    case, so "Alice" and "ALICE" are one account's guesses."""
+    return username.casefold()[:MAX_USERNAME]
+
+
 def add_failure(
     session: Session, username: str, ip: str | None, reason: str, now: datetime
 ) -> None:
-    session.add(
-        LoginAttempt(username=username[:MAX_USERNAME], ip=ip, reason=reason, occurred_at=now)
-    )
+    session.add(LoginAttempt(username=failure_key(username), ip=ip, reason=reason, occurred_at=now))
     session.flush()
 
 
@@ -123,7 +127,7 @@ def recent_failures_of(
         session.execute(
             select(LoginAttempt.occurred_at)
             .where(
-                LoginAttempt.username == username[:MAX_USERNAME],
+                LoginAttempt.username == failure_key(username),
                 LoginAttempt.cleared_at.is_(None),
                 LoginAttempt.occurred_at > since,
             )
@@ -146,7 +150,7 @@ def failures_from_ip(session: Session, ip: str, since: datetime) -> tuple[int, d
 def clear_failures(session: Session, username: str, now: datetime) -> int:
     result = session.execute(
         update(LoginAttempt)
-        .where(LoginAttempt.username == username[:MAX_USERNAME], LoginAttempt.cleared_at.is_(None))
+        .where(LoginAttempt.username == failure_key(username), LoginAttempt.cleared_at.is_(None))
         .values(cleared_at=now)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -702,6 +702,18 @@ async def test_admin_revokes_anyones_session_others_may_not(make_user, client_fa
 # --- lockout and throttling ---------------------------------------------------------------
 
 
+async def test_guesses_in_other_letter_cases_count_toward_one_lockout(make_user, api, runtime):
+    """Directories match names without case: "Name" and "NAME" are guesses at one account."""
+    username = make_user(("finance.clerk",), "fin-payouts", "finance")
+    spellings = [username.upper(), username.title(), username.swapcase()]
+    for attempt in range(runtime.settings.login_max_failures):
+        guess = {"username": spellings[attempt % len(spellings)], "password": "guess"}
+        await api.post("/api/v1/auth/token", json=guess)
+    locked = await token(api, username)  # the right password, in the account's own spelling
+    assert locked.status_code == 429, locked.text
+    assert "for this account" in locked.json()["detail"]
+
+
 async def test_lockout_after_repeated_failures_then_unlock(
     make_user, api, tokens, sessions, runtime
 ):

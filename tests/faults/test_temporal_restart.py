@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
 
 from core.db import SessionFactory
 from core.embedded import TemporalDevServer
 from core.runtime import Runtime
 from core.settings import Settings
+from core.temporal import connect
 from tests.faults.conftest import (
     LARGE_TRAIL,
     WorkerProcess,
@@ -55,7 +55,7 @@ async def test_temporal_restart_on_its_file_database_loses_and_doubles_nothing(
     workers: list[WorkerProcess] = []
     try:
         server.start(log_file=log)
-        client = await Client.connect(server.address)
+        client = await connect(server.address)
         async with harness(runtime, client, settings, database_url, tmp_path) as h:
             api, tokens, workers = h.api, h.tokens, h.workers.started
             first = await h.workers.start()

@@ -291,6 +291,8 @@ def test_second_factor_time_reads_amr_and_auth_time():
     assert sso_oidc.second_factor_time({"amr": ["pwd"]}) is None
     assert sso_oidc.second_factor_time({"amr": "otp"}) is None  # not a list: not trusted
     assert sso_oidc.second_factor_time({}) is None
+    # Without auth_time the check may be days old: a second factor, but never a fresh one.
+    assert sso_oidc.second_factor_time({"amr": ["otp"]}) == sso_oidc.LONG_AGO
     checked = sso_oidc.second_factor_time({"amr": ["pwd", "mfa"], "auth_time": now - 600})
     assert checked == datetime.fromtimestamp(now - 600, UTC)
     future = sso_oidc.second_factor_time({"amr": ["hwk"], "auth_time": now + 3600})

@@ -216,6 +216,7 @@ async def test_a_deactivated_person_cannot_sign_in_and_keeps_their_history(
     found = user_row(sessions, username)
     assert found is not None and str(found[0].id) == created["id"]
 
+    old_cookie = browser_like.cookies["bo_session"]
     deleted = await api.delete(f"/scim/v2/Users/{created['id']}", headers=AUTH)
     assert deleted.status_code == 204
     after = await api.get(f"/scim/v2/Users/{created['id']}", headers=AUTH)
@@ -229,6 +230,20 @@ async def test_a_deactivated_person_cannot_sign_in_and_keeps_their_history(
     browser_like.cookies.clear()
     refused = await browser_like.get(await to_callback(browser_like, sub))
     assert refused.status_code == 403 and "disabled" in refused.text
+
+    [ended] = events(sessions, username, "auth.sign_ins_ended")
+    assert ended.after is not None and ended.after["reason"] == "deactivated"
+    reactivated = await api.patch(
+        f"/scim/v2/Users/{created['id']}",
+        json={
+            "schemas": [PATCH_SCHEMA],
+            "Operations": [{"op": "replace", "value": {"active": True}}],
+        },
+        headers=AUTH,
+    )
+    assert reactivated.status_code == 200 and reactivated.json()["active"] is True
+    browser_like.cookies.set("bo_session", old_cookie)
+    assert (await browser_like.get("/tasks")).status_code == 303  # the old sign-in stays ended
 
 
 async def test_patch_active_deactivates_and_reactivates(api, scim_on, sessions):
@@ -359,3 +374,33 @@ async def test_scim_is_off_without_a_token_setting(api, sessions):
     assert_error(await api.get("/scim/v2/Users", headers=AUTH), 404, "not enabled")
     assert_error(await api.post("/scim/v2/Users", json=person(), headers=AUTH), 404, "not enabled")
     assert writes(sessions) == before
+
+
+async def test_a_sign_in_without_a_groups_claim_uses_the_groups_scim_gave(
+    api, scim_on, browser_like, oidc_provider, sessions
+):
+    """Providers that provision over SCIM often send no groups in the ID token: then the
+    SCIM groups decide, instead of the sign-in stripping every role."""
+    sub, username = f"sub-{secrets.token_hex(6)}", f"pat.{secrets.token_hex(4)}"
+    oidc_provider.set_person(sub, {"preferred_username": username, "name": "Pat NoClaim"})
+    created = await create(api, user_name=username, externalId=sub)
+    managers = await group_id(api, "finance-managers")
+    added = await api.patch(
+        f"/scim/v2/Groups/{managers}", json=members(created["id"]), headers=AUTH
+    )
+    assert added.status_code == 204, added.text
+
+    assert (await browser_like.get(await to_callback(browser_like, sub))).status_code == 303
+    assert (await browser_like.get("/tasks")).status_code == 200
+    found = user_row(sessions, username)
+    assert found is not None and found[1] == {"finance.manager"}
+
+
+async def test_without_a_groups_claim_or_scim_groups_the_sign_in_is_refused(
+    browser_like, oidc_provider, sessions
+):
+    sub, username = f"sub-{secrets.token_hex(6)}", f"pat.{secrets.token_hex(4)}"
+    oidc_provider.set_person(sub, {"preferred_username": username, "name": "Pat Nobody"})
+    refused = await browser_like.get(await to_callback(browser_like, sub))
+    assert refused.status_code == 403 and "not in any group" in refused.text
+    assert user_row(sessions, username) is None

@@ -172,6 +172,15 @@ async def test_bad_user_patches_are_refused_with_their_scim_type_and_write_nothi
         refused = await api.patch(path, json=patch(operation), headers=AUTH)
         assert refused.status_code == 400, (operation, refused.text)
         assert refused.json()["scimType"] == scim_type, (operation, refused.json())
+    # Addresses that are not objects, then an operation on the addresses: refused, no 500.
+    follow_ups: list[dict[str, object]] = [
+        {"op": "add", "path": "emails", "value": [{"value": "a@b.c"}]},
+        {"op": "remove", "path": "emails", "value": [{"value": "a@b.c"}]},
+    ]
+    for follow_up in follow_ups:
+        not_objects: dict[str, object] = {"op": "replace", "path": "emails", "value": ["x"]}
+        refused = await api.patch(path, json=patch(not_objects, follow_up), headers=AUTH)
+        assert refused.status_code == 400, (follow_up, refused.text)
     assert_error(
         await api.patch(path, json={"Operations": [{"op": "remove"}]}, headers=AUTH),
         400,
@@ -189,3 +198,12 @@ async def test_bad_user_patches_are_refused_with_their_scim_type_and_write_nothi
         "/scim/v2/Users", params={"filter": 'emails.type eq "work"'}, headers=AUTH
     )
     assert bad_filter.status_code == 400 and bad_filter.json()["scimType"] == "invalidFilter"
+    for listing, attribute in (
+        ("Users", "userName"),
+        ("Users", "emails.value"),
+        ("Groups", "displayName"),
+    ):
+        nul = await api.get(
+            f"/scim/v2/{listing}", params={"filter": f'{attribute} eq "a\\u0000b"'}, headers=AUTH
+        )
+        assert nul.status_code == 400 and nul.json()["scimType"] == "invalidFilter", nul.text
