@@ -33,6 +33,7 @@ from core.settings import Settings, get_settings
 from core.temporal import connect
 from policies.engine import PolicyEngine
 from web import account as web_account
+from web import api_keys as web_api_keys
 from web import delegations as web_delegations
 from web import jit as web_jit
 from web import queue as web_queue
@@ -139,6 +140,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         web_routes,
         web_queue,
         web_delegations,
+        web_api_keys,
         web_jit,
         web_account,
         web_sso,
