@@ -184,6 +184,7 @@ class AuditQuery:
     until: datetime | None = None
     before_id: int | None = None
     limit: int = 50
+    sensitivity: str | None = None  # one of SENSITIVITY_LEVELS
     # The viewer's data scope: narrowed, they see only events of requests within it.
     scope: PlayerScope = EVERY_PLAYER
 
@@ -203,6 +204,8 @@ def search(session: Session, query: AuditQuery) -> list[AuditEvent]:
         stmt = stmt.where(AuditEvent.stream == query.stream)
     if query.actor is not None:
         stmt = stmt.where(AuditEvent.actor == query.actor)
+    if query.sensitivity is not None:
+        stmt = stmt.where(AuditEvent.sensitivity == query.sensitivity)
     if query.since is not None:
         stmt = stmt.where(AuditEvent.occurred_at >= query.since)
     if query.until is not None:

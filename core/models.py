@@ -379,6 +379,7 @@ class AuditEvent(Base):
         UniqueConstraint("stream", "seq"),
         Index("ix_audit_events_actor_id", "actor", "id"),
         Index("ix_audit_events_occurred_id", "occurred_at", "id"),
+        Index("ix_audit_events_sensitivity_id", "sensitivity", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

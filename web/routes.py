@@ -621,6 +621,7 @@ def _new_request_context(
                 scope=PlayerScope.of(request_service.data_scope(rt, viewer.principal)),
                 within_limit=True,
                 limit=200,
+                newest_first=True,  # the payouts that just came in, first
             )
             if action == "payment.withdrawal"
             else []

@@ -514,6 +514,7 @@ def list_audit(ctx: ListContext) -> Listing:
     query = audit.AuditQuery(
         stream=ctx.value("stream"),
         actor=ctx.value("actor"),
+        sensitivity=ctx.value("sensitivity"),
         since=_parse_time(ctx.value("since")),
         until=_parse_time(ctx.value("until")),
         before_id=int(ctx.cursor) if ctx.cursor is not None else None,
@@ -675,6 +676,7 @@ SECTIONS: dict[str, Section] = {
             (
                 Filter("stream", "Stream"),
                 Filter("actor", "Actor"),
+                Filter("sensitivity", "Sensitivity", audit.SENSITIVITY_LEVELS, kind="select"),
                 Filter("since", "Since (UTC)", kind="datetime-local"),
                 Filter("until", "Until (UTC)", kind="datetime-local"),
             ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
@@ -23,6 +23,13 @@ def search_audit(
     session: SessionDep,
     stream: Annotated[str | None, Query(max_length=128, examples=["request:<id>"])] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
+    sensitivity: Annotated[
+        Literal["low", "normal", "high", "security"] | None,
+        Query(
+            description="only events of this sensitivity; security: sign-ins, MFA, "
+            "sessions, keys, role and permission changes"
+        ),
+    ] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
@@ -43,6 +50,7 @@ def search_audit(
         audit.AuditQuery(
             stream=stream,
             actor=actor,
+            sensitivity=sensitivity,
             since=since,
             until=until,
             before_id=cursor,

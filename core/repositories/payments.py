@@ -36,9 +36,11 @@ def page(
     within_limit: bool = False,
     after_id: str | None = None,
     limit: int = 50,
+    newest_first: bool = False,
 ) -> list[PaymentRow]:
     """Payments of the players in `scope`, ordered by id; keyset-paginated with `after_id`.
-    `within_limit`: only amounts up to the scope's limit (those one may act on)."""
+    `within_limit`: only amounts up to the scope's limit (those one may act on).
+    `newest_first`: the latest payments instead (one page, for choosing one to act on)."""
     open_request = (
         select(ApprovalRequest.id)
         .where(
@@ -52,7 +54,9 @@ def page(
     stmt = (
         select(Payment, Player, open_request)
         .join(Player, Player.id == Payment.player_id)
-        .order_by(Payment.id)
+        .order_by(
+            *((Payment.created_at.desc(), Payment.id.desc()) if newest_first else (Payment.id,))
+        )
         .limit(limit)
     )
     if status is not None:
