@@ -413,8 +413,12 @@ def _months_up_to(start: datetime, count: int) -> list[str]:
     return [f"{i // 12:04d}-{i % 12 + 1:02d}" for i in range(index, max(index - count, 11), -1)]
 
 
+def _this_month() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
 def list_commissions(ctx: ListContext) -> Listing:
-    month = ctx.value("month") or datetime.now(UTC).strftime("%Y-%m")
+    month = ctx.value("month") or _this_month()
     start, end = _month_bounds(month)
     filters = _affiliate_filters(ctx)
     scope = ctx.players_in_scope()
@@ -531,8 +535,9 @@ class Section:
     permission: str
     load: Callable[[ListContext], Listing]
     filters: tuple[Filter, ...] = ()
-    # Applied when the parameter is absent (an empty value means "any").
-    defaults: dict[str, str] = field(default_factory=dict)
+    # Applied when the parameter is absent (an empty value means "any"); a callable is
+    # asked at each request (e.g. the current month).
+    defaults: dict[str, str | Callable[[], str]] = field(default_factory=dict)
 
 
 def _providers(session: Session, rt: Runtime) -> Sequence[str]:
@@ -667,6 +672,7 @@ SECTIONS: dict[str, Section] = {
                 Filter("plan", "Plan", AFFILIATE_PLANS),
                 Filter("status", "Status", AFFILIATE_STATUSES),
             ),
+            defaults={"month": _this_month},
         ),
         Section(
             "audit",
@@ -745,7 +751,10 @@ def _read_filters(
     problems: list[str] = []
     for spec in section.filters:
         raw = request.query_params.get(spec.name)
-        value = (section.defaults.get(spec.name, "") if raw is None else raw).strip()
+        default = section.defaults.get(spec.name, "")
+        if raw is None and callable(default):
+            default = default()
+        value = (str(default) if raw is None else raw).strip()
         options = spec.options(session, rt)
         if spec.choices is not None and value and value not in options:
             listed = ", ".join(map(_words, options)) or "(none yet)"

@@ -228,3 +228,12 @@ async def test_a_bad_month_shows_no_totals(web_as: WebAs, seeded: Seeded):
     assert page.status_code == 422
     assert "Month must look like 2026-11" in page.text
     assert MONTH_ROW.search(page.text) is None
+
+
+async def test_without_a_month_the_current_one_is_listed_and_shown_in_the_field(web_as: WebAs):
+    client = await web_as("fin.director")
+    page = await client.get("/w/finance/commissions")
+    assert page.status_code == 200
+    this_month = datetime.now(UTC).strftime("%Y-%m")
+    assert f'name="month" type="month" value="{this_month}"' in page.text
+    assert f'aria-current="true">{this_month}<' in page.text
