@@ -126,6 +126,21 @@ def cmd_audit(settings: Settings, action: str) -> int:
     return 1
 
 
+def web_server_config(settings: Settings, app: Any) -> Any:
+    """The uvicorn configuration of the web server (a uvicorn.Config)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.web_host,
+        port=settings.web_port,
+        log_level="warning",
+        lifespan="on",
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
+    )
+
+
 async def _serve(
     settings: Settings, database_url: str, temporal_address: str, *, web: bool, worker: bool
 ) -> None:
@@ -150,14 +165,7 @@ async def _serve(
             await ensure_schedules(runtime.temporal, runtime.task_queue)
             tasks.append(asyncio.create_task(temporal_worker.run()))
         if web:
-            config = uvicorn.Config(
-                create_app(runtime),
-                host=settings.web_host,
-                port=settings.web_port,
-                log_level="warning",
-                lifespan="on",
-            )
-            server = uvicorn.Server(config)
+            server = uvicorn.Server(web_server_config(settings, create_app(runtime)))
             tasks.append(asyncio.create_task(server.serve()))
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:

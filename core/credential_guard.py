@@ -16,6 +16,7 @@ and many clients share an address behind a NAT or a proxy.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 from jose import jws
 from jose.exceptions import ExpiredSignatureError, JOSEError
@@ -51,7 +52,15 @@ class CredentialsThrottled(AuthError):
 
 
 def _address(origin: Origin) -> str:
+    """Whose budget a refusal spends: the client address, or for IPv6 its /64 (one
+    subscriber's network: a host there can take a new address for every attempt)."""
     ip = origin.ip or "unknown"
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+        ip = str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return ip if len(ip) <= _MAX_ADDRESS else hashlib.sha256(ip.encode()).hexdigest()[:32]
 
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
 
     web_host: str = Field(default="127.0.0.1", alias="WEB_HOST")
     web_port: int = Field(default=8000, alias="WEB_PORT")
+    # Proxies whose X-Forwarded-For names the client (comma-separated addresses or "*"):
+    # behind a load balancer, without it every client shares the proxy's address, and the
+    # per-address sign-in and credential throttles would hold them all back together.
+    trusted_proxies: str = Field(default="127.0.0.1", alias="TRUSTED_PROXIES")
     temporal_port: int = Field(default=7233, alias="TEMPORAL_PORT")
     temporal_ui_port: int = Field(default=8233, alias="TEMPORAL_UI_PORT")
 

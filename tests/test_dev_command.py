@@ -128,3 +128,48 @@ def test_dev_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     assert "Seeded 0 demo users" in output
     time.sleep(1)
     assert processes_using(data_dir) == []
+
+
+async def test_the_web_server_believes_forwarded_addresses_from_trusted_proxies_only():
+    """Behind a load balancer the client's own address (not the proxy's) is what sign-in
+    and credential throttles count; a client cannot claim another address itself."""
+    from core.cli import web_server_config
+    from core.settings import Settings
+
+    seen: list[object] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["client"][0])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = web_server_config(Settings(BACKOFFICE_ENV="dev", TRUSTED_PROXIES="10.0.0.5"), app)
+    config.load()
+
+    async def call_from(client: str) -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/",
+            "raw_path": b"/",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"x-forwarded-for", b"198.51.100.7")],
+            "client": (client, 5000),
+            "server": ("127.0.0.1", 8000),
+        }
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            return None
+
+        await config.loaded_app(scope, receive, send)
+
+    await call_from("10.0.0.5")
+    await call_from("192.0.2.9")
+    assert seen == ["198.51.100.7", "192.0.2.9"]

@@ -9,6 +9,7 @@ the buckets of one test do not leak into another.
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -278,3 +279,23 @@ async def test_wrong_scim_tokens_are_audited_then_throttled(from_new_address, se
 
     good = await client.get("/scim/v2/Users", headers={"Authorization": f"Bearer {SCIM_TOKEN}"})
     assert good.status_code == 200, good.text
+
+
+async def test_one_ipv6_network_shares_one_budget(runtime: Runtime, tight_budget: None, key):
+    """A host in an IPv6 /64 can take a new address for each attempt: the /64 counts."""
+    app = create_app(runtime)
+    network = f"2001:db8:{secrets.randbelow(0xFFFF):x}:1"
+
+    def client_at(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    for n in range(BURST):
+        async with client_at(f"{network}::{n + 1:x}") as hopping:
+            bad = await hopping.get(PAYMENTS, headers=with_key(wrong_secret(key)))
+            assert bad.status_code == 401, bad.text
+    async with client_at(f"{network}::ffff") as next_address:
+        assert_throttled(await next_address.get(PAYMENTS, headers=with_key(wrong_secret(key))))
+    async with client_at(f"{network[:-1]}2::1") as next_network:
+        other = await next_network.get(PAYMENTS, headers=with_key(wrong_secret(key)))
+        assert other.status_code == 401, "another /64 has its own budget"
