@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -156,8 +157,23 @@ CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
 def origin_of(request: Request, channel: str) -> Origin:
-    client = request.client.host if request.client else None
-    return Origin(channel=channel, ip=client, device=request.headers.get("user-agent"))
+    return Origin(
+        channel=channel,
+        ip=client_address(request),
+        device=request.headers.get("user-agent"),
+    )
+
+
+def client_address(request: Request) -> str | None:
+    """The client's IP address; None when what the connection (or a trusted proxy's
+    X-Forwarded-For) says is not one, so nothing unparsed is stored or counted."""
+    host = request.client.host if request.client else None
+    if host is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return None
 
 
 # Where refusals from `require` came from (the caller's address is not at hand there).

@@ -30,6 +30,7 @@ from core import audit, credential_guard
 from core.auth import AuthError
 from core.models import ApiKey, User
 from core.repositories import users as users_repo
+from core.repositories.sessions import MAX_USERNAME
 from core.request_service import RequestError, text_problem
 from core.runtime import Runtime
 from core.settings import Settings
@@ -128,6 +129,9 @@ def _owner(rt: Runtime, session: Session, principal: Principal, name: str | None
         return user
     if not rt.policy.authorize(principal, MANAGE):
         raise RequestError(403, "you may only create API keys for yourself")
+    problem = text_problem(name.strip(), MAX_USERNAME)
+    if problem is not None:
+        raise RequestError(422, f"owner: {problem}", {"owner": problem})
     user = users_repo.by_username(session, name.strip())
     if user is None or not user.is_active:
         raise RequestError(422, f"no active user named '{name.strip()}'", {"owner": "unknown"})
@@ -330,12 +334,20 @@ def listing(
     everyone: bool,
     before_id: int | None,
     limit: int,
+    others_in_force: bool = False,
 ) -> list[KeyRow]:
-    """The caller's keys, or everyone's for holders of api_keys:manage; newest first."""
-    if everyone and not rt.policy.authorize(principal, MANAGE):
+    """The caller's keys, or everyone's for holders of api_keys:manage; newest first.
+    `others_in_force`: only other people's keys that still work (those one may revoke)."""
+    if (everyone or others_in_force) and not rt.policy.authorize(principal, MANAGE):
         raise RequestError(403, f"listing every API key needs '{MANAGE}'")
     query = _rows().order_by(ApiKey.id.desc()).limit(limit)
-    if not everyone:
+    if others_in_force:
+        query = query.where(
+            ApiKey.owner_id != principal.user_id,
+            ApiKey.revoked_at.is_(None),
+            ApiKey.expires_at > datetime.now(UTC),
+        )
+    elif not everyone:
         query = query.where(ApiKey.owner_id == principal.user_id)
     if before_id is not None:
         query = query.where(ApiKey.id < before_id)

@@ -384,7 +384,7 @@ def step_up(
             "this approval is high-risk and needs a second factor: set up an authenticator "
             "app on /account/mfa first, then approve with a code from it"
         )
-    if code and is_high_risk(settings, action, amount):
+    if code and needed == STEP_UP_CODE:
         verify_code(session, settings, user, code, origin, "step_up")
         record_step_up(session, user, origin, action)
         return

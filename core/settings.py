@@ -32,7 +32,7 @@ class Settings(BaseSettings):
 
     web_host: str = Field(default="127.0.0.1", alias="WEB_HOST")
     web_port: int = Field(default=8000, alias="WEB_PORT")
-    # Proxies whose X-Forwarded-For names the client (comma-separated addresses or "*"):
+    # Proxies whose X-Forwarded-For names the client (comma-separated addresses or networks):
     # behind a load balancer, without it every client shares the proxy's address, and the
     # per-address sign-in and credential throttles would hold them all back together.
     trusted_proxies: str = Field(default="127.0.0.1", alias="TRUSTED_PROXIES")
@@ -151,6 +151,16 @@ class Settings(BaseSettings):
                 raise ValueError("LDAP_BIND_PASSWORD must be set when LDAP_BIND_DN is")
             if not self.ldap_user_search_base:
                 raise ValueError("LDAP_USER_SEARCH_BASE must be set when LDAP_BIND_DN is")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_trusting_every_proxy(self) -> Settings:
+        # With "*" the left-most X-Forwarded-For entry, which the client writes, would be
+        # taken for its address: any client could pick a new one for every attempt.
+        if "*" in (p.strip() for p in self.trusted_proxies.split(",")):
+            raise ValueError(
+                "TRUSTED_PROXIES must list the proxies' addresses or networks, not '*'"
+            )
         return self
 
     @model_validator(mode="after")

@@ -40,15 +40,28 @@ def _page(
 ) -> Response:
     manages_all = bool(rt.policy.authorize(viewer.principal, MANAGE))
     with rt.sessions() as session:
-        rows = api_keys.listing(
-            rt, session, viewer.principal, everyone=manages_all, before_id=None, limit=LIST_SIZE
+        mine = api_keys.listing(
+            rt, session, viewer.principal, everyone=False, before_id=None, limit=LIST_SIZE
         )
-    mine = viewer.user.username
+        others = (
+            api_keys.listing(
+                rt,
+                session,
+                viewer.principal,
+                everyone=True,
+                before_id=None,
+                limit=LIST_SIZE + 1,
+                others_in_force=True,
+            )
+            if manages_all
+            else []
+        )
     context = {
         **base_context(viewer, "api_keys"),
         "now": datetime.now(UTC),
-        "mine": [r for r in rows if r.owner == mine],
-        "others": [r for r in rows if r.owner != mine],
+        "mine": mine,
+        "others": others[:LIST_SIZE],
+        "more_others": len(others) > LIST_SIZE,
         "manages_all": manages_all,
         "permissions": _view_permissions(rt, viewer),
         "lifetimes": LIFETIMES_DAYS,
@@ -58,7 +71,10 @@ def _page(
         "issued": issued,
     }
     status_code = error.status if error else (201 if issued else 200)
-    return render(request, "api_keys.html", context, status_code=status_code)
+    response = render(request, "api_keys.html", context, status_code=status_code)
+    if issued is not None:  # the secret: never kept by a browser or proxy cache
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/account/api-keys")

@@ -299,3 +299,18 @@ async def test_one_ipv6_network_shares_one_budget(runtime: Runtime, tight_budget
     async with client_at(f"{network[:-1]}2::1") as next_network:
         other = await next_network.get(PAYMENTS, headers=with_key(wrong_secret(key)))
         assert other.status_code == 401, "another /64 has its own budget"
+
+
+async def test_a_client_address_that_is_not_an_ip_is_not_stored(runtime: Runtime, key, sessions):
+    """What a connection or proxy claims as the address is kept only if it is one."""
+    app = create_app(runtime)
+    odd = "not-an-address-" + "x" * 80
+    transport = httpx.ASGITransport(app=app, client=(odd, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        refused = await client.get(PAYMENTS, headers=with_key(wrong_secret(key)))
+        assert refused.status_code == 401, refused.text
+        forged = await client.get(PAYMENTS, headers={"Authorization": "Bearer x.y.z"})
+        assert forged.status_code == 401, forged.text
+    with sessions() as session:
+        stored = session.execute(select(AuditEvent.ip).where(AuditEvent.ip.like("not-an-%")))
+        assert stored.first() is None

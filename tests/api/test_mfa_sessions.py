@@ -462,6 +462,20 @@ async def test_high_risk_approval_without_mfa_set_up_is_refused(
     assert approved.status_code == 200, approved.text
 
 
+async def test_with_step_up_mfa_optional_a_code_from_someone_without_mfa_is_ignored(
+    make_user, api, tokens, new_withdrawal, sessions
+):
+    """STEP_UP_REQUIRES_MFA off (as in this suite): no second factor, no check to fail."""
+    manager = make_user(("finance.manager",), "fin-treasury", "finance")
+    large = await submit_withdrawal(api, tokens, new_withdrawal("15000.00"))
+    approved = await api.post(
+        f"/api/v1/requests/{large}/decision",
+        json={"decision": "approve", "totp": "123456"},
+        headers=bearer(await token(api, manager)),
+    )
+    assert approved.status_code == 200, approved.text
+
+
 async def test_web_step_up_page_then_approve(
     make_user, client_factory, tokens, api, new_withdrawal, sessions
 ):

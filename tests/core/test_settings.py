@@ -41,6 +41,12 @@ def test_production_refuses_a_short_scim_token(monkeypatch):
     assert Settings(BACKOFFICE_ENV="production").scim_token is not None
 
 
+def test_trusting_every_proxy_is_refused():
+    with pytest.raises(ValidationError, match="TRUSTED_PROXIES"):
+        Settings(BACKOFFICE_ENV="dev", TRUSTED_PROXIES="10.0.0.1, *")
+    assert Settings(BACKOFFICE_ENV="dev", TRUSTED_PROXIES="10.0.0.0/8").trusted_proxies
+
+
 def test_seed_is_refused_outside_dev_mode(monkeypatch):
     from core import cli
 

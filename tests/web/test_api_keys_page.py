@@ -36,6 +36,7 @@ async def test_issue_use_and_revoke_a_key_from_the_page(web: httpx.AsyncClient, 
         },
     )
     assert issued.status_code == 201, issued.text
+    assert issued.headers["cache-control"] == "no-store"
     secret = SECRET.search(issued.text)
     assert secret, issued.text
     assert "never shown again" in issued.text
@@ -70,14 +71,15 @@ async def test_bad_forms_are_inline_messages_and_issue_nothing(web: httpx.AsyncC
     good = {"csrf_token": csrf, "name": "BI", "permissions": "payments:view", "lifetime": "90"}
     cases: list[tuple[dict[str, str], int, str]] = [
         ({**good, "name": ""}, 422, "name: required"),
-        ({**good, "name": "x" * 101}, 422, "name"),
+        ({**good, "name": "x" * 101}, 422, "name: at most 100 characters"),
+        ({**good, "name": "nul\x00here"}, 422, "name: contains control characters"),
         ({**good, "lifetime": "3"}, 422, "lifetime: choose"),
         ({**good, "lifetime": "ninety"}, 422, "lifetime: choose"),
         ({k: v for k, v in good.items() if k != "permissions"}, 422, "name at least one"),
         ({**good, "permissions": "audit:view"}, 403, "does not hold"),
         ({**good, "permissions": "payment.withdrawal:approve"}, 422, "deciding is a human act"),
         ({**good, "permissions": "players:edit"}, 422, "keys only read"),
-        ({**good, "permissions": "nonsense"}, 422, "permissions"),
+        ({**good, "permissions": "nonsense"}, 422, "nonsense&#39; is not"),
         ({**good, "owner": "admin"}, 403, "only create API keys for yourself"),
     ]
     for form, status, words in cases:
@@ -130,3 +132,22 @@ async def test_a_key_manager_sees_everyones_and_others_see_only_their_own(
         admin = await sign_in_and_open(other, "admin", "/account/api-keys")
         assert "Everyone else" in admin.text and f'id="api-key-{row.group(1)}"' in admin.text
         assert 'id="owner"' in admin.text
+        nul_owner = await other.post(
+            "/account/api-keys",
+            data={
+                "csrf_token": csrf_of(admin),
+                "name": "svc",
+                "owner": "svc\x00bot",
+                "permissions": "payments:view",
+                "lifetime": "7",
+            },
+        )
+        assert nul_owner.status_code == 422 and "owner: contains control characters" in (
+            nul_owner.text
+        )
+        revoked = await other.post(
+            f"/account/api-keys/{row.group(1)}/revoke", data={"csrf_token": csrf_of(admin)}
+        )
+        assert revoked.status_code == 200
+        # Someone else's key that no longer works leaves the manager's list.
+        assert f'id="api-key-{row.group(1)}"' not in revoked.text

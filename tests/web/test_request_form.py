@@ -22,6 +22,7 @@ from core.models import ApprovalRequest
 from core.runtime import Runtime
 from tests.api.test_auth import web_login
 from tests.api.test_catalogue import Platform
+from tests.conftest import sign_in_and_open
 from tests.web.test_approval_in_browser import assert_not_reloaded, mark_page, sign_in
 
 # Names every form posts whatever the action; the rest are the action's own params.
@@ -509,3 +510,14 @@ async def test_switch_action_by_keyboard_fill_and_submit(page: Page, platform, s
     await expect(page).to_have_url(re.compile(r"/requests/[0-9a-f-]{36}$"))
     await expect(page.locator("#request-status")).to_have_text("Status: Pending")
     await expect(page.locator("h1")).to_contain_text(player)
+
+
+async def test_the_request_form_offers_the_payouts_that_came_in_last_first(
+    web: httpx.AsyncClient, new_withdrawal
+):
+    older, newer = new_withdrawal("120.00"), new_withdrawal("130.00")
+    page = await sign_in_and_open(web, "fin.clerk", "/requests/new?action=payment.withdrawal")
+    assert page.status_code == 200
+    offered = re.findall(r'<option value="(PAY-[^"]+)"', page.text)
+    assert offered.index(newer) < offered.index(older)
+    assert offered[0] == newer  # nothing came in after it
