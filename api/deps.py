@@ -7,7 +7,7 @@ import binascii
 import ipaddress
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, Response, status
@@ -108,9 +108,7 @@ def current_caller(
             user, claims = credential_guard.person_of_access_token(
                 session, rt.settings, token, origin
             )
-            principal = replace(
-                users_repo.principal_for(session, user, rt.policy), mfa_checked_at=claims.mfa_at
-            )
+            principal = users_repo.principal_for(session, user, rt.policy, claims.mfa_at)
             if second_factor_missing(rt.policy, principal):
                 raise HTTPException(
                     status.HTTP_403_FORBIDDEN,

@@ -28,9 +28,8 @@ from sqlalchemy.orm import Session, aliased
 
 from core import audit, credential_guard
 from core.auth import AuthError
-from core.models import ApiKey, User
+from core.models import MAX_USERNAME, ApiKey, User
 from core.repositories import users as users_repo
-from core.repositories.sessions import MAX_USERNAME
 from core.request_service import RequestError, text_problem
 from core.runtime import Runtime
 from core.settings import Settings
@@ -85,27 +84,6 @@ class IssuedKey:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _event(
-    session: Session,
-    *,
-    action: str,
-    stream: str,
-    target: str,
-    actor: str,
-    origin: Origin,
-    after: dict[str, object],
-) -> None:
-    audit.append_security_event(
-        session,
-        stream=stream,
-        action=action,
-        target=target,
-        actor=actor,
-        origin=origin,
-        after=after,
-    )
 
 
 def _snapshot(row: ApiKey, owner: str) -> dict[str, object]:
@@ -228,7 +206,7 @@ def create(rt: Runtime, principal: Principal, new: NewApiKey, origin: Origin) ->
         )
         session.add(row)
         session.flush()
-        _event(
+        audit.append_security_event(
             session,
             action="api_key.created",
             stream=f"user:{owner.username}",
@@ -261,7 +239,7 @@ def _refuse(
     """Record a refused key (committed now: the request itself fails) and say why; beyond
     the address's budget of refusals, CredentialsThrottled instead, whatever the reason."""
     credential_guard.count_refusal(session, settings, origin, "api_key")
-    _event(
+    audit.append_security_event(
         session,
         action="api_key.refused",
         stream=f"user:{owner}" if owner else UNKNOWN_KEYS_STREAM,
@@ -375,7 +353,7 @@ def revoke(rt: Runtime, principal: Principal, key_id: int, origin: Origin) -> No
             raise RequestError(409, "this API key is already revoked")
         key.revoked_at = datetime.now(UTC)
         key.revoked_by_id = principal.user_id
-        _event(
+        audit.append_security_event(
             session,
             action="api_key.revoked",
             stream=f"user:{row.owner}",

@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from core.auth import AccessRefused, DirectoryIncident, security_event
-from core.models import ScimGroup, ScimGroupMember, User, UserRole
+from core.models import MAX_USERNAME, ScimGroup, ScimGroupMember, User, UserRole
 from core.repositories import users as users_repo
 from core.runtime import Runtime
 from core.settings import Settings
@@ -34,7 +34,6 @@ OIDC = "oidc"
 LDAP = "ldap"
 # Not an argon2 hash: no password ever matches it (external people have none of ours).
 NO_LOCAL_PASSWORD = "!external"
-MAX_USERNAME = 64
 
 
 class DirectoryUnavailable(DirectoryIncident):

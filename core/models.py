@@ -30,6 +30,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from core.db import Base
 
 Timestamp = DateTime(timezone=True)
+# Usernames (of people, and as typed at sign-in) are stored in columns of this length.
+MAX_USERNAME = 64
 # At most one pending or approved request per (action, target); submissions race to it.
 OPEN_TARGET_CONSTRAINT = "uq_requests_open_target"
 
@@ -46,7 +48,7 @@ class User(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(MAX_USERNAME), unique=True)
     display_name: Mapped[str] = mapped_column(String(128))
     department: Mapped[str] = mapped_column(String(32))
     # Separation of duties can require an approver from outside the requester's team.
@@ -119,7 +121,7 @@ class Player(Base):
     __tablename__ = "players"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(MAX_USERNAME), unique=True)
     region: Mapped[str] = mapped_column(String(8))
     segment: Mapped[str] = mapped_column(String(32))
     vip_tier: Mapped[str] = mapped_column(String(16))
@@ -473,7 +475,7 @@ class LoginAttempt(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    username: Mapped[str] = mapped_column(String(64))
+    username: Mapped[str] = mapped_column(String(MAX_USERNAME))
     ip: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)

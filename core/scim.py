@@ -33,8 +33,8 @@ from sqlalchemy.orm import Session
 
 from core import audit
 from core.auth import end_other_sign_ins, security_event
-from core.identity import MAX_USERNAME, NO_LOCAL_PASSWORD, OIDC, apply_assignment
-from core.models import ScimGroup, ScimGroupMember, ScimUserProfile, User
+from core.identity import NO_LOCAL_PASSWORD, OIDC, apply_assignment
+from core.models import MAX_USERNAME, ScimGroup, ScimGroupMember, ScimUserProfile, User
 from core.repositories import users as users_repo
 from policies.identity import IdentityMap
 from workflows.contracts import Origin
@@ -213,14 +213,19 @@ def _number(text: str) -> int:
     return number if 0 < number < 2**31 else 0
 
 
+def _one(session: Session, query: Select[Any], for_update: bool, missing: str) -> Any:
+    """The one row `query` finds (locked with `for_update`), or 404 saying `missing`."""
+    found = session.execute(query.with_for_update() if for_update else query)
+    row = found.scalar_one_or_none()
+    if row is None:
+        raise ScimError(404, missing)
+    return row
+
+
 def user_by_id(session: Session, user_id: str, *, for_update: bool = False) -> User:
     """A SCIM person by id; 404 for anyone else (local and directory accounts too)."""
     query = _scim_users().where(User.id == _number(user_id))
-    if for_update:
-        query = query.with_for_update()
-    user = session.execute(query).scalar_one_or_none()
-    if user is None:
-        raise ScimError(404, f"no user with id {user_id}")
+    user: User = _one(session, query, for_update, f"no user with id {user_id}")
     return user
 
 
@@ -315,11 +320,7 @@ def list_groups(session: Session, found_by: tuple[str, str] | None, start: int, 
 
 def group_by_id(session: Session, group_id: str, *, for_update: bool = False) -> ScimGroup:
     query = select(ScimGroup).where(ScimGroup.id == _number(group_id))
-    if for_update:
-        query = query.with_for_update()
-    group = session.execute(query).scalar_one_or_none()
-    if group is None:
-        raise ScimError(404, f"no group with id {group_id}")
+    group: ScimGroup = _one(session, query, for_update, f"no group with id {group_id}")
     return group
 
 

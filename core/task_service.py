@@ -123,13 +123,17 @@ def _visible_task(
     return task, request
 
 
-def _locked_task(session: Session, rt: Runtime, principal: Principal, task_id: int) -> Task:
-    """The task locked for this transaction, if the person may see its request (else 404)."""
-    task, _ = _visible_task(session, rt, principal, task_id)
+def _locked_open_task(
+    session: Session, rt: Runtime, principal: Principal, task_id: int
+) -> tuple[Task, ApprovalRequest]:
+    """The task locked for this transaction, and its request, if the person may see the
+    request (else 404) and the step is still open (else 409)."""
+    task, request = _visible_task(session, rt, principal, task_id)
     requests_repo.lock_audit_stream(session, request_stream(task.request_id))
     locked = requests_repo.task_for_update(session, task_id)
     assert locked is not None  # tasks are never deleted while their request exists
-    return locked
+    _require_open(locked, request)
+    return locked, request
 
 
 def _require_open(task: Task, request: ApprovalRequest) -> None:
@@ -180,10 +184,7 @@ def _record(
 def claim(rt: Runtime, principal: Principal, task_id: int, origin: Origin) -> None:
     """Take a task one could decide now. Claiming one's own claim again changes nothing."""
     with transaction(rt.sessions) as session:
-        task = _locked_task(session, rt, principal, task_id)
-        request = requests_repo.get(session, task.request_id)
-        assert request is not None
-        _require_open(task, request)
+        task, request = _locked_open_task(session, rt, principal, task_id)
         if task.claimed_by_id == principal.user_id:
             return
         if task.claimed_by_id is not None:
@@ -200,10 +201,7 @@ def claim(rt: Runtime, principal: Principal, task_id: int, origin: Origin) -> No
 def release(rt: Runtime, principal: Principal, task_id: int, origin: Origin) -> None:
     """Give a task back: its holder may, and so may a holder of tasks:reassign."""
     with transaction(rt.sessions) as session:
-        task = _locked_task(session, rt, principal, task_id)
-        request = requests_repo.get(session, task.request_id)
-        assert request is not None
-        _require_open(task, request)
+        task, _ = _locked_open_task(session, rt, principal, task_id)
         if task.claimed_by_id is None:
             raise RequestError(409, "this task is not claimed by anyone")
         holder = users_repo.by_id(session, task.claimed_by_id)

@@ -185,15 +185,16 @@ def tokens(api: httpx.AsyncClient) -> Tokens:
 
 @pytest.fixture
 def new_withdrawal(sessions: SessionFactory):
-    """Create a fresh pending withdrawal of the given amount; returns its id."""
+    """Create a fresh pending withdrawal of the given amount, by a regular player of
+    `region`; returns its id."""
 
-    def create(amount: str = "2500.00") -> str:
+    def create(amount: str = "2500.00", region: str = "UK") -> str:
         suffix = secrets.token_hex(5).upper()
         with transaction(sessions) as session:
             player = Player(
                 id=f"PLR-T{suffix}",
                 username=f"test-{suffix}",
-                region="UK",
+                region=region,
                 segment="regular",
                 vip_tier="none",
                 status="active",

@@ -7,7 +7,7 @@ import contextlib
 import hmac
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -142,10 +142,7 @@ def viewer_in_stages(
     if found is None or cookie is None or found[1].stage not in stages:
         raise LoginRequired()
     user, web_session = found
-    principal = replace(
-        users_repo.principal_for(session, user, rt.policy),
-        mfa_checked_at=web_session.mfa_verified_at,
-    )
+    principal = users_repo.principal_for(session, user, rt.policy, web_session.mfa_verified_at)
     if web_session.stage == auth.ACTIVE and auth.second_factor_missing(rt.policy, principal):
         auth.hold_for_second_factor(session, rt.settings, user, web_session, origin)
         session.commit()

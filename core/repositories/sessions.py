@@ -8,9 +8,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
-from core.models import LoginAttempt, RefreshToken, User, WebSession
-
-MAX_USERNAME = 64
+from core.models import MAX_USERNAME, LoginAttempt, RefreshToken, User, WebSession
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,19 @@ def active_jit_roles(session: Session, user_id: int) -> frozenset[str]:
     return frozenset(rows)
 
 
-def principal_for(session: Session, user: User, policy: PolicyEngine | None = None) -> Principal:
+def principal_for(
+    session: Session,
+    user: User,
+    policy: PolicyEngine | None = None,
+    mfa_checked_at: datetime | None = None,
+) -> Principal:
     """The user as the policy engine sees them (their roles and just-in-time grants in
-    force); with `policy`, carrying their merged scope."""
+    force); with `policy`, carrying their merged scope; `mfa_checked_at`: when the sign-in
+    acting proved its second factor."""
     roles = roles_of(session, user.id) | active_jit_roles(session, user.id)
-    principal = Principal(user_id=user.id, username=user.username, roles=roles)
+    principal = Principal(
+        user_id=user.id, username=user.username, roles=roles, mfa_checked_at=mfa_checked_at
+    )
     if policy is None:
         return principal
     return replace(principal, scope=policy.scope_of(principal))

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import Iterator
-from decimal import Decimal
 
 import httpx
 import psycopg
 import pytest
 
-from core.db import SessionFactory, transaction
 from core.events import EVENTS_CHANNEL, change_for
-from core.models import Payment, Player
 from policies.snapshot import EVERY, DataScope
 from tests.conftest import Tokens, sign_in_and_open
 
@@ -69,34 +65,6 @@ def test_changes_without_a_player_reach_every_scope_and_junk_reaches_none():
         assert change_for(UK_ONLY, junk) is None
 
 
-def german_withdrawal(sessions: SessionFactory) -> str:
-    suffix = secrets.token_hex(5).upper()
-    with transaction(sessions) as session:
-        session.add(
-            Player(
-                id=f"PLR-D{suffix}",
-                username=f"de-{suffix}",
-                region="DE",
-                segment="regular",
-                vip_tier="none",
-                status="active",
-            )
-        )
-        session.flush()
-        session.add(
-            Payment(
-                id=f"PAY-D{suffix}",
-                player_id=f"PLR-D{suffix}",
-                kind="withdrawal",
-                amount=Decimal("200.00"),
-                currency="EUR",
-                method="bank_transfer",
-                status="pending",
-            )
-        )
-    return f"PAY-D{suffix}"
-
-
 async def submit(api, tokens: Tokens, username: str, payment_id: str) -> str:
     created = await api.post(
         "/api/v1/requests",
@@ -108,7 +76,7 @@ async def submit(api, tokens: Tokens, username: str, payment_id: str) -> str:
 
 
 async def test_the_event_stream_of_a_german_desk_carries_no_uk_change(
-    live_server, api, tokens: Tokens, new_withdrawal, sessions
+    live_server, api, tokens: Tokens, new_withdrawal
 ):
     async with httpx.AsyncClient(base_url=live_server, follow_redirects=True) as desk:
         await sign_in_and_open(desk, "fin.clerk_de", "/tasks")
@@ -123,7 +91,7 @@ async def test_the_event_stream_of_a_german_desk_carries_no_uk_change(
         try:
             await asyncio.sleep(0.5)  # subscribed before the changes happen
             uk = await submit(api, tokens, "fin.clerk", new_withdrawal("150.00"))
-            de = await submit(api, tokens, "fin.clerk_de", german_withdrawal(sessions))
+            de = await submit(api, tokens, "fin.clerk_de", new_withdrawal("200.00", region="DE"))
             async with asyncio.timeout(15):
                 while not any(de in line for line in heard):
                     await asyncio.sleep(0.1)
