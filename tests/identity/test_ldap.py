@@ -444,16 +444,19 @@ async def test_a_sign_in_the_lockout_overtook_is_refused_when_the_directory_answ
 
 
 async def test_parallel_guesses_cannot_outrun_the_lockout_of_directory_people(
-    runtime: Runtime, client_at, sessions
+    runtime: Runtime, client_at
 ):
+    """Thirty guesses at once against a directory person: at most the limit reach the
+    directory, and the right password afterwards waits too. (Among the guesses it would
+    clear the count whenever it happened to run early.)"""
     username = "casey.parallel"
     limit = runtime.settings.login_max_failures
-    guesses = [f"guess-{n}" for n in range(29)]
-    guesses.insert(20, LDAP_PASSWORD)
+    guesses = [f"guess-{n}" for n in range(30)]
     async with client_at("198.51.100.3") as api:
         answers = await asyncio.gather(*(token_for(api, username, g) for g in guesses))
+        right_password_after = await token_for(api, username, LDAP_PASSWORD)
     statuses = [answer.status_code for answer in answers]
-    assert set(statuses) <= {200, 401, 429}
+    assert set(statuses) == {401, 429}
     assert statuses.count(401) <= limit
-    assert statuses.count(429) >= len(guesses) - limit - 1
-    assert len(events(sessions, username, "auth.login_failed")) <= limit
+    assert statuses.count(429) >= len(guesses) - limit
+    assert right_password_after.status_code == 429
