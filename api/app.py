@@ -35,6 +35,7 @@ from policies.engine import PolicyEngine
 from web import account as web_account
 from web import api_keys as web_api_keys
 from web import delegations as web_delegations
+from web import exports as web_exports
 from web import jit as web_jit
 from web import queue as web_queue
 from web import role_admin as web_role_admin
@@ -145,6 +146,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         web_account,
         web_sso,
         web_role_admin,
+        web_exports,
         web_workspaces,
     ):
         app.include_router(page_module.router)

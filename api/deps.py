@@ -8,15 +8,18 @@ import ipaddress
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, Response, status
+from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from core import api_keys, credential_guard, denials, rate_limit
 from core.auth import AuthError, second_factor_missing
 from core.credential_guard import CredentialsThrottled
+from core.exports import export_filename
 from core.models import ApiKey, User
 from core.repositories import users as users_repo
 from core.runtime import Runtime
@@ -215,3 +218,16 @@ def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(values, dict) or set(values) != set(keys):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid cursor")
     return values
+
+
+def csv_download(name: str, chunks: Iterator[str]) -> StreamingResponse:
+    """A CSV file sent as it is written, named after what it holds and when."""
+    filename = export_filename(name, datetime.now(UTC))
+    return StreamingResponse(
+        chunks,
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )

@@ -265,6 +265,9 @@ class ListContext:
     viewer: Viewer
     values: dict[str, str]
     cursor: str | None
+    page_size: int = PAGE_SIZE
+    # False for an export: no action links, totals or other page furniture are worked out.
+    for_display: bool = True
 
     def value(self, name: str) -> str | None:
         return self.values.get(name) or None
@@ -293,10 +296,10 @@ def _paged(
     offers: Callable[[Any], list[Offer]] | None = None,
 ) -> Listing:
     """Trim the one extra row fetched to learn whether a next page exists."""
-    shown = rows[:PAGE_SIZE]
-    next_cursor = key(shown[-1]) if len(rows) > PAGE_SIZE else None
+    shown = rows[: ctx.page_size]
+    next_cursor = key(shown[-1]) if len(rows) > ctx.page_size else None
     links = {}
-    if offers is not None:
+    if offers is not None and ctx.for_display:
         links = action_links(ctx.session, ctx.rt, ctx.viewer, {key(r): offers(r) for r in shown})
     return Listing(shown, next_cursor, links)
 
@@ -314,7 +317,7 @@ def list_players(ctx: ListContext) -> Listing:
         filters,
         scope=ctx.players_in_scope(),
         after=ctx.id_cursor(),
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
     )
     return _paged(ctx, rows, lambda p: p.id, player_offers)
 
@@ -323,7 +326,7 @@ def list_games(ctx: ListContext) -> Listing:
     filters = platform_repo.GameFilters(
         ctx.value("q"), ctx.value("provider"), ctx.value("category"), ctx.flag("availability")
     )
-    rows = platform_repo.games(ctx.session, filters, after=ctx.id_cursor(), limit=PAGE_SIZE + 1)
+    rows = platform_repo.games(ctx.session, filters, after=ctx.id_cursor(), limit=ctx.page_size + 1)
     return _paged(ctx, rows, lambda g: g.id, game_offers)
 
 
@@ -331,9 +334,13 @@ def list_markets(ctx: ListContext) -> Listing:
     filters = platform_repo.MarketFilters(
         ctx.value("q"), ctx.value("status"), ctx.value("sport"), ctx.value("event")
     )
-    rows = platform_repo.markets(ctx.session, filters, after=ctx.id_cursor(), limit=PAGE_SIZE + 1)
+    rows = platform_repo.markets(
+        ctx.session, filters, after=ctx.id_cursor(), limit=ctx.page_size + 1
+    )
     order = selection_order(ctx.rt)
     listing = _paged(ctx, rows, lambda r: r.market.id, lambda r: market_offers(r, order))
+    if not ctx.for_display:
+        return listing
     listing.extra = {
         "odds": {r.market.id: ordered_odds(r.market.odds, order) for r in listing.rows}
     }
@@ -355,7 +362,7 @@ def list_liability(ctx: ListContext) -> Listing:
         query=ctx.value("q"),
         sport=ctx.value("sport"),
         after=_liability_cursor(ctx.cursor),
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
     )
     return _paged(ctx, rows, lambda r: f"{r.total}~{r.event.id}")
 
@@ -368,7 +375,9 @@ def list_campaigns(ctx: ListContext) -> Listing:
     filters = platform_repo.CampaignFilters(
         ctx.value("q"), ctx.value("status"), ctx.value("segment")
     )
-    rows = platform_repo.campaigns(ctx.session, filters, after=ctx.id_cursor(), limit=PAGE_SIZE + 1)
+    rows = platform_repo.campaigns(
+        ctx.session, filters, after=ctx.id_cursor(), limit=ctx.page_size + 1
+    )
     return _paged(ctx, rows, lambda c: c.id, campaign_offers)
 
 
@@ -378,7 +387,7 @@ def _affiliate_filters(ctx: ListContext) -> platform_repo.AffiliateFilters:
 
 def list_affiliates(ctx: ListContext) -> Listing:
     rows = platform_repo.affiliates(
-        ctx.session, _affiliate_filters(ctx), after=ctx.id_cursor(), limit=PAGE_SIZE + 1
+        ctx.session, _affiliate_filters(ctx), after=ctx.id_cursor(), limit=ctx.page_size + 1
     )
     return _paged(ctx, rows, lambda a: a.id, affiliate_offers)
 
@@ -386,7 +395,7 @@ def list_affiliates(ctx: ListContext) -> Listing:
 def list_risk_rules(ctx: ListContext) -> Listing:
     filters = platform_repo.RiskRuleFilters(ctx.value("q"), ctx.flag("state"))
     rows = platform_repo.risk_rules(
-        ctx.session, filters, after=ctx.id_cursor(), limit=PAGE_SIZE + 1
+        ctx.session, filters, after=ctx.id_cursor(), limit=ctx.page_size + 1
     )
     return _paged(ctx, rows, lambda r: r.id, risk_rule_offers)
 
@@ -400,7 +409,7 @@ def list_payments(ctx: ListContext) -> Listing:
         filters,
         scope=ctx.players_in_scope(),
         after=ctx.id_cursor(),
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
     )
     scope = ctx.scope
     return _paged(ctx, rows, lambda r: r.payment.id, lambda r: payment_offers(r, scope))
@@ -429,14 +438,16 @@ def list_commissions(ctx: ListContext) -> Listing:
         month_end=end,
         scope=scope,
         after=ctx.id_cursor(),
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
     )
+    listing = _paged(ctx, rows, lambda c: c.affiliate.id)
+    if not ctx.for_display:
+        return listing
     months = _months_up_to(start, COMMISSION_SUMMARY_MONTHS)
     totals = platform_repo.commission_totals(
         ctx.session, filters, since=_month_bounds(months[-1])[0], until=end, scope=scope
     )
     other_filters = {name: value for name, value in ctx.values.items() if value and name != "month"}
-    listing = _paged(ctx, rows, lambda c: c.affiliate.id)
     listing.links = action_links(
         ctx.session,
         ctx.rt,
@@ -481,10 +492,11 @@ def list_reconciliation(ctx: ListContext) -> Listing:
         state=ctx.value("state") or "needs_attention",
         query=ctx.value("q"),
         before=_request_cursor(ctx.cursor),
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
     )
     listing = _paged(ctx, rows, lambda r: _request_key(r.request))
-    listing.extra = {"counts": platform_repo.reconciliation_counts(ctx.session, scope)}
+    if ctx.for_display:
+        listing.extra = {"counts": platform_repo.reconciliation_counts(ctx.session, scope)}
     return listing
 
 
@@ -498,7 +510,7 @@ def list_requests(ctx: ListContext) -> Listing:
         policy_version=ctx.value("policy_version"),
         query=ctx.value("q"),
         before=_request_cursor(ctx.cursor),
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
     )
     return _paged(ctx, rows, lambda r: _request_key(r[0]))
 
@@ -522,7 +534,7 @@ def list_audit(ctx: ListContext) -> Listing:
         since=_parse_time(ctx.value("since")),
         until=_parse_time(ctx.value("until")),
         before_id=int(ctx.cursor) if ctx.cursor is not None else None,
-        limit=PAGE_SIZE + 1,
+        limit=ctx.page_size + 1,
         scope=ctx.players_in_scope(),
     )
     return _paged(ctx, audit.search(ctx.session, query), lambda e: str(e.id))
@@ -538,6 +550,12 @@ class Section:
     # Applied when the parameter is absent (an empty value means "any"); a callable is
     # asked at each request (e.g. the current month).
     defaults: dict[str, str | Callable[[], str]] = field(default_factory=dict)
+    # Needed beyond `permission` to download the whole list as CSV.
+    export_permission: str | None = None
+
+    def may_export(self, rt: Runtime, viewer: Viewer) -> bool:
+        extra = self.export_permission
+        return extra is None or bool(rt.policy.authorize(viewer.principal, extra))
 
 
 def _providers(session: Session, rt: Runtime) -> Sequence[str]:
@@ -686,6 +704,7 @@ SECTIONS: dict[str, Section] = {
                 Filter("since", "Since (UTC)", kind="datetime-local"),
                 Filter("until", "Until (UTC)", kind="datetime-local"),
             ),
+            export_permission="audit:export",
         ),
         Section(
             "requests",
@@ -720,6 +739,13 @@ def visible_sections(rt: Runtime, viewer: Viewer, key: str) -> list[Section]:
     ]
 
 
+def find_section(rt: Runtime, viewer: Viewer, key: str, section_key: str) -> Section | None:
+    """The section, when it is in a workspace of the viewer's and they may view it."""
+    if key not in dict(viewer.workspaces):
+        return None
+    return next((s for s in visible_sections(rt, viewer, key) if s.key == section_key), None)
+
+
 # --- the page ------------------------------------------------------------------------
 
 
@@ -743,7 +769,7 @@ class FilterField:
     options: tuple[tuple[str, str], ...] = ()
 
 
-def _read_filters(
+def read_filters(
     request: Request, section: Section, session: Session, rt: Runtime
 ) -> tuple[dict[str, str], list[FilterField], list[str]]:
     values: dict[str, str] = {}
@@ -789,7 +815,7 @@ def workspace(
     if section_key is None:
         section = sections[0] if sections else None
     else:
-        section = next((s for s in sections if s.key == section_key), None)
+        section = find_section(rt, viewer, key, section_key)
         if section is None:
             return _not_found(request, viewer)
     context: dict[str, Any] = {
@@ -802,7 +828,7 @@ def workspace(
     }
     if section is None:
         return render(request, "ws_page.html", context)
-    values, fields, problems = _read_filters(request, section, session, rt)
+    values, fields, problems = read_filters(request, section, session, rt)
     cursor = request.query_params.get("after") or None
     listing = Listing([], None)
     if not problems:
@@ -825,6 +851,11 @@ def workspace(
             else None
         ),
         first_link=f"{base}?{urlencode(kept)}" if cursor else None,
+        export_link=(
+            f"{base}/export.csv?{urlencode(kept)}"
+            if not problems and section.may_export(rt, viewer)
+            else None
+        ),
         **listing.extra,
     )
     return render(request, "ws_page.html", context, status_code=422 if problems else 200)

@@ -1,26 +1,41 @@
-"""Search the audit store."""
+"""Search the audit store, and export what a search matches."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
-from api.deps import CallerDep, RuntimeDep, SessionDep, require
+from api.deps import CallerDep, RuntimeDep, SessionDep, csv_download, origin_of, require
 from api.schemas import AuditEventOut, Page, audit_event_out
 from core import audit
+from core.exports import AUDIT_COLUMNS, audit_rows, csv_table, record_export
 from core.repositories.scope import PlayerScope
 from core.request_service import data_scope
 
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 
-@router.get("/audit", response_model=Page[AuditEventOut])
-def search_audit(
-    caller: CallerDep,
-    rt: RuntimeDep,
-    session: SessionDep,
+@dataclass(frozen=True)
+class AuditFilters:
+    stream: str | None
+    actor: str | None
+    sensitivity: str | None
+    since: datetime | None
+    until: datetime | None
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            name: value.isoformat() if isinstance(value, datetime) else value
+            for name, value in vars(self).items()
+            if value is not None
+        }
+
+
+def audit_filters(
     stream: Annotated[str | None, Query(max_length=128, examples=["request:<id>"])] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     sensitivity: Annotated[
@@ -32,6 +47,25 @@ def search_audit(
     ] = None,
     since: datetime | None = None,
     until: datetime | None = None,
+) -> AuditFilters:
+    """`since` is inclusive, `until` exclusive; both need a timezone."""
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise HTTPException(422, f"{name} must include a timezone, e.g. 2026-11-23T10:00:00Z")
+    if since and until and since >= until:
+        raise HTTPException(422, "since must be before until")
+    return AuditFilters(stream, actor, sensitivity, since, until)
+
+
+AuditFiltersDep = Annotated[AuditFilters, Depends(audit_filters)]
+
+
+@router.get("/audit", response_model=Page[AuditEventOut])
+def search_audit(
+    caller: CallerDep,
+    rt: RuntimeDep,
+    session: SessionDep,
+    filters: AuditFiltersDep,
     cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ):
@@ -40,19 +74,10 @@ def search_audit(
     A caller whose data scope is narrowed to some regions or segments sees only the events
     of requests within it (a request outside it reads as an empty stream)."""
     require(rt, caller.principal, "audit:view")
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise HTTPException(422, f"{name} must include a timezone, e.g. 2026-11-23T10:00:00Z")
-    if since and until and since >= until:
-        raise HTTPException(422, "since must be before until")
     events = audit.search(
         session,
         audit.AuditQuery(
-            stream=stream,
-            actor=actor,
-            sensitivity=sensitivity,
-            since=since,
-            until=until,
+            **vars(filters),
             before_id=cursor,
             limit=limit + 1,
             scope=PlayerScope.of(data_scope(rt, caller.principal)),
@@ -60,3 +85,35 @@ def search_audit(
     )
     next_cursor = str(events[limit - 1].id) if len(events) > limit else None
     return Page[AuditEventOut](items=[audit_event_out(e) for e in events[:limit]], next=next_cursor)
+
+
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "every matching event"}},
+)
+def export_audit(
+    request: Request,
+    caller: CallerDep,
+    rt: RuntimeDep,
+    session: SessionDep,
+    filters: AuditFiltersDep,
+) -> StreamingResponse:
+    """Every event the filters match, newest first, as CSV with its hashes (for checking
+    against the chain), from one consistent snapshot. Needs `audit:export`; the export
+    itself is recorded in the audit store, with its filters, before the first row is sent.
+    The data scope narrows it as it narrows the search."""
+    require(rt, caller.principal, "audit:view")
+    require(rt, caller.principal, "audit:export")
+    record_export(
+        session,
+        actor=caller.principal.username,
+        origin=origin_of(request, "api"),
+        what="audit",
+        filters=filters.as_dict(),
+    )
+    session.commit()
+    query = audit.AuditQuery(
+        **vars(filters), scope=PlayerScope.of(data_scope(rt, caller.principal))
+    )
+    return csv_download("audit", csv_table(AUDIT_COLUMNS, audit_rows(rt.sessions, query)))

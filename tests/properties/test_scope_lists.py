@@ -19,7 +19,8 @@ JSON API (api/routers)
 - POST /api/v1/requests/{id}/cancel: only the requester's own request (no scope question).
 - GET /api/v1/audit (stream, actor, since, until, cursor):
   test_the_api_answers_only_within_a_random_scope; the query itself:
-  test_the_audit_trail_shows_only_events_of_requests_in_scope.
+  test_the_audit_trail_shows_only_events_of_requests_in_scope. GET /api/v1/audit/export
+  walks the same query (core.exports.audit_rows): test_the_audit_export_stays_in_scope.
 - No scoped rows: /api/v1/jit (grants of roles to people), /api/v1/delegations (people
   standing in for people), /api/v1/api-keys, /api/v1/roles and /admin/roles (role
   definitions), /scim (users and groups), /me (the caller's own scope), /auth/*.
@@ -40,6 +41,10 @@ Web pages (web/)
   No scoped rows: games, markets, liability by event (sportsbook exposure per event, no
   player), campaigns (the operator's campaigns, a segment is their audience, not whose data),
   affiliates, risk rules.
+- /w/<workspace>/<section>/export.csv, the CSV download of every section: the section's own
+  loader walked batch by batch (web/exports.py), so each section's test above covers its
+  export's rows; players, payments, requests and reconciliation downloaded for a real user:
+  test_the_pages_show_only_rows_within_a_random_scope.
 - /requests/{id} (with its audit timeline), /requests/{id}/task-row, and every task row,
   claim and decision through visible_request: test_a_request_is_visible_exactly_within_scope;
   rendered: test_the_pages_show_only_rows_within_a_random_scope.
@@ -82,6 +87,7 @@ from sqlalchemy.orm import Session
 
 from core import audit, request_service
 from core.db import SessionFactory, transaction
+from core.exports import audit_rows
 from core.models import Affiliate, ApprovalRequest, AuditEvent, Payment, Player, Task, User
 from core.repositories import payments as payments_repo
 from core.repositories import platform as platform_repo
@@ -335,6 +341,24 @@ def test_the_audit_trail_shows_only_events_of_requests_in_scope(
     assert expected_requests <= {e.request_id for e in events}
     shows_person = any(e.stream == ledger.person_stream for e in events)
     assert shows_person == (not narrowed and stream in ("", ledger.person_stream))
+
+
+@settings(max_examples=20, deadline=None)
+@given(scope=scopes, batch=st.integers(min_value=1, max_value=6), data=st.data())
+def test_the_audit_export_stays_in_scope(
+    sessions: SessionFactory, ledger: Ledger, scope: DataScope, batch: int, data: Any
+) -> None:
+    """The export reads the search's query in batches: the same events, in the same order,
+    whatever the batch size, and so none outside the scope."""
+    stream = data.draw(st.sampled_from(["", ledger.person_stream]), label="stream")
+    query = audit.AuditQuery(
+        stream=stream or None, since=ledger.since, scope=PlayerScope.of(scope), limit=10_000
+    )
+    exported = [event.id for event in audit_rows(sessions, query, batch)]
+    with sessions() as session:
+        searched = [event.id for event in audit.search(session, query)]
+    assert exported == searched
+    assert len(set(exported)) == len(exported)
 
 
 @settings(max_examples=30, deadline=None)
@@ -716,6 +740,11 @@ async def test_the_pages_show_only_rows_within_a_random_scope(
             "audit": (f"/w/compliance/audit?actor={world.requester.username}", ""),
             "request": (f"/requests/{request_id}", ""),
             "tasks": ("/tasks", ""),
+            # Downloads: every page at once, through the same loaders.
+            "players.csv": (f"/w/crm/players/export.csv?q={player.username}", ""),
+            "payments.csv": (f"/w/finance/payments/export.csv?q={player.username}&status=", ""),
+            "requests.csv": ("/w/compliance/requests/export.csv", ""),
+            "reconciliation.csv": ("/w/finance/reconciliation/export.csv?state=", ""),
         }
         with roles_with_scope(runtime, scope):
             responses = {name: _run(loop, web.get(path)) for name, (path, _) in pages.items()}
@@ -742,8 +771,11 @@ async def test_the_pages_show_only_rows_within_a_random_scope(
         assert (player_id in shown["players"][1]) == reachable
         of_player = {p for p, pay in payments.items() if pay.player_id == player_id}
         assert all((p in shown["payments"][1]) == reachable for p in of_player)
+        assert (player_id in shown["players.csv"][1]) == reachable
+        assert all((p in shown["payments.csv"][1]) == reachable for p in of_player)
         visible = _request_in_scope(scope, request, False)
         assert shown["request"][0] == (200 if visible else 404)
         assert (str(request_id) in shown["requests"][1]) == visible
+        assert (str(request_id) in shown["requests.csv"][1]) == visible
 
     await asyncio.to_thread(check)
