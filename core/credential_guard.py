@@ -16,7 +16,6 @@ and many clients share an address behind a NAT or a proxy.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 
 from jose import jws
 from jose.exceptions import ExpiredSignatureError, JOSEError
@@ -27,7 +26,7 @@ from sqlalchemy.orm import Session
 from core import audit, rate_limit
 from core.auth import AuthError, person_from_access_token
 from core.models import RateLimitBucket, User
-from core.security import JWT_ALGORITHM, InvalidToken, TokenClaims
+from core.security import JWT_ALGORITHM, InvalidToken, TokenClaims, address_block
 from core.settings import Settings
 from policies.engine import RateLimitDef
 from workflows.contracts import Origin
@@ -52,15 +51,8 @@ class CredentialsThrottled(AuthError):
 
 
 def _address(origin: Origin) -> str:
-    """Whose budget a refusal spends: the client address, or for IPv6 its /64 (one
-    subscriber's network: a host there can take a new address for every attempt)."""
-    ip = origin.ip or "unknown"
-    try:
-        parsed = ipaddress.ip_address(ip)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
-        ip = str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    """Whose budget a refusal spends (see address_block)."""
+    ip = address_block(origin.ip or "unknown")
     return ip if len(ip) <= _MAX_ADDRESS else hashlib.sha256(ip.encode()).hexdigest()[:32]
 
 

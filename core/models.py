@@ -471,12 +471,14 @@ class LoginAttempt(Base):
     __tablename__ = "login_attempts"
     __table_args__ = (
         Index("ix_login_attempts_username_occurred", "username", "occurred_at"),
-        Index("ix_login_attempts_ip_occurred", "ip", "occurred_at"),
+        Index("ix_login_attempts_ip_block_occurred", "ip_block", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     username: Mapped[str] = mapped_column(String(MAX_USERNAME))
     ip: Mapped[str | None] = mapped_column(String(64))
+    # What the per-address throttle counts: the address, or an IPv6 address's /64.
+    ip_block: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime] = mapped_column(Timestamp)
     # Set by a successful sign-in or an administrator's unlock: no longer counts.

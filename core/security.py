@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,19 @@ MAX_USER_ID = 2**31 - 1  # users.id is an INTEGER
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so both paths cost the same time.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+def address_block(ip: str) -> str:
+    """Whose budget a failure from this address spends: the address itself, or for IPv6
+    its /64 (one subscriber's network: a host there can take a new address every attempt).
+    Text that is not an address is returned as it is."""
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return ip
 
 
 def hash_password(password: str) -> str:

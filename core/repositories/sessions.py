@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from core.models import MAX_USERNAME, LoginAttempt, RefreshToken, User, WebSession
+from core.security import address_block
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,15 @@ def failure_key(username: str) -> str:
 def add_failure(
     session: Session, username: str, ip: str | None, reason: str, now: datetime
 ) -> None:
-    session.add(LoginAttempt(username=failure_key(username), ip=ip, reason=reason, occurred_at=now))
+    session.add(
+        LoginAttempt(
+            username=failure_key(username),
+            ip=ip,
+            ip_block=address_block(ip) if ip is not None else None,
+            reason=reason,
+            occurred_at=now,
+        )
+    )
     session.flush()
 
 
@@ -136,10 +145,11 @@ def recent_failures_of(
 
 
 def failures_from_ip(session: Session, ip: str, since: datetime) -> tuple[int, datetime | None]:
-    """How many failures came from this IP since `since`, and the oldest of them."""
+    """How many failures came from this address (an IPv6 one: from its /64) since `since`,
+    and the oldest of them."""
     count, oldest = session.execute(
         select(func.count(), func.min(LoginAttempt.occurred_at)).where(
-            LoginAttempt.ip == ip, LoginAttempt.occurred_at > since
+            LoginAttempt.ip_block == address_block(ip), LoginAttempt.occurred_at > since
         )
     ).one()
     return int(count), oldest

@@ -851,6 +851,31 @@ async def test_one_address_with_many_failures_is_throttled(client_factory, runti
         assert elsewhere.status_code == 200
 
 
+async def test_an_ipv6_network_cannot_spread_its_guesses_over_its_addresses(
+    client_factory, runtime, monkeypatch
+):
+    """A host given a /64 can use a new address for every guess: the /64 is counted."""
+    monkeypatch.setattr(runtime.settings, "login_ip_max_failures", 3)
+    for n in range(3):
+        async with client_factory(f"2001:db8:77:1::{n + 1:x}") as guesser:
+            response = await guesser.post(
+                "/api/v1/auth/token", json={"username": f"spray6.{n}", "password": "x"}
+            )
+            assert response.status_code == 401
+    async with (
+        client_factory("2001:db8:77:1:ffff::9") as same_network,
+        client_factory("2001:db8:77:2::1") as next_network,
+    ):
+        throttled = await same_network.post(
+            "/api/v1/auth/token", json={"username": "fin.clerk", "password": PASSWORD}
+        )
+        assert throttled.status_code == 429 and "your address" in throttled.json()["detail"]
+        elsewhere = await next_network.post(
+            "/api/v1/auth/token", json={"username": "fin.clerk", "password": PASSWORD}
+        )
+        assert elsewhere.status_code == 200
+
+
 async def test_successful_sign_in_clears_earlier_failures(make_user, api, runtime, sessions):
     username = make_user(("finance.clerk",), "fin-payouts", "finance")
     for _ in range(runtime.settings.login_max_failures - 1):
