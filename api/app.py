@@ -27,6 +27,7 @@ from api.routers import (
 )
 from core.db import make_engine, make_session_factory
 from core.events import EventHub, libpq_url
+from core.exports import ExportSlots
 from core.request_service import RequestError
 from core.runtime import Runtime
 from core.settings import Settings, get_settings
@@ -78,6 +79,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 raise RuntimeError("backoffice web needs DATABASE_URL and TEMPORAL_ADDRESS")
             active = await build_runtime(settings, settings.database_url, settings.temporal_address)
         app.state.runtime = active
+        app.state.export_slots = ExportSlots(active.settings.exports_at_once)
         hub = EventHub(libpq_url(active.engine))
         app.state.events = hub
         hub.start()
@@ -96,6 +98,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
     if runtime is not None:
         app.state.runtime = runtime
+        app.state.export_slots = ExportSlots(runtime.settings.exports_at_once)
 
     @app.middleware("http")
     async def refuse_nul_in_url(

@@ -6,20 +6,24 @@ import base64
 import binascii
 import ipaddress
 import json
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, HTTPException, Path, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.types import Receive, Scope, Send
 
 from core import api_keys, credential_guard, denials, rate_limit
 from core.auth import AuthError, second_factor_missing
 from core.credential_guard import CredentialsThrottled
-from core.exports import export_filename
+from core.exports import ExportSlots, export_filename
 from core.models import ApiKey, User
 from core.repositories import users as users_repo
 from core.runtime import Runtime
@@ -61,7 +65,9 @@ class Caller:
 
 
 # All an API key may call: reports, each behind a view permission the key must hold.
-KEY_READABLE = frozenset({"/api/v1/payments", "/api/v1/audit", "/api/v1/roles", "/api/v1/me"})
+KEY_READABLE = frozenset(
+    {"/api/v1/payments", "/api/v1/audit", "/api/v1/audit/export", "/api/v1/roles", "/api/v1/me"}
+)
 
 
 def _refuse_beyond_reading(request: Request) -> None:
@@ -71,7 +77,8 @@ def _refuse_beyond_reading(request: Request) -> None:
         reason = "API keys are managed by a person signed in, not with an API key"
     if reason is None and (request.method != "GET" or path not in KEY_READABLE):
         reason = (
-            "API keys only read reports (payments, the audit trail, roles); they act on nothing"
+            "API keys only read reports (payments, the audit trail and its export, roles); "
+            "they act on nothing"
         )
     if reason is not None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"an API key cannot do this: {reason}")
@@ -220,14 +227,57 @@ def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
     return values
 
 
-def csv_download(name: str, chunks: Iterator[str]) -> StreamingResponse:
-    """A CSV file sent as it is written, named after what it holds and when."""
-    filename = export_filename(name, datetime.now(UTC))
-    return StreamingResponse(
-        chunks,
-        media_type="text/csv; charset=utf-8",
-        headers={
-            "Content-Disposition": f'attachment; filename="{filename}"',
-            "Cache-Control": "no-store",
-        },
-    )
+EXPORTS_BUSY_RETRY_SECONDS = 30
+
+
+def take_export_slot(request: Request) -> Callable[[], None] | None:
+    """The slot's release, or None when EXPORTS_AT_ONCE exports are streaming already."""
+    slots: ExportSlots = request.app.state.export_slots
+    return slots.give_back if slots.take() else None
+
+
+class _DownloadEnd:
+    """Closes the rows (ending their transaction) and gives the slot back, once."""
+
+    def __init__(self, chunks: Iterator[str], release: Callable[[], None]) -> None:
+        self._chunks: Iterator[str] | None = chunks
+        self._release = release
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            chunks, self._chunks = self._chunks, None
+        if chunks is None:
+            return
+        try:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
+
+
+class CsvDownload(StreamingResponse):
+    """A CSV file sent as it is written. However the download ends (finished, the client
+    gone, the server stopping) its rows are closed and its export slot given back at once,
+    not whenever the garbage collector finds the suspended generator."""
+
+    def __init__(self, name: str, chunks: Iterator[str], release: Callable[[], None]) -> None:
+        filename = export_filename(name, datetime.now(UTC))
+        super().__init__(
+            chunks,
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
+        )
+        self._end = _DownloadEnd(chunks, release)
+        weakref.finalize(self, self._end)  # a response never sent still gives its slot back
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._end)

@@ -116,10 +116,14 @@ def _owner(rt: Runtime, session: Session, principal: Principal, name: str | None
     return user
 
 
+# What a key may carry: reading, and taking a report away (audit:export).
+KEY_VERBS = ("view", "export")
+
+
 def _scope(
     policy: PolicyEngine, owner: Principal, creator: Principal, wanted: list[str]
 ) -> list[str]:
-    """The key's permissions: each a view permission known to the policy files, held by
+    """The key's permissions: each a view or export permission known to the policy files, held by
     the owner, and by whoever creates the key (an admin cannot hand out what they lack)."""
     permissions = list(dict.fromkeys(p.strip() for p in wanted))
     if not permissions:
@@ -137,11 +141,11 @@ def _scope(
                 "deciding is a human act",
                 {"permissions": "approve"},
             )
-        if permission.partition(":")[2] != "view":
+        if permission.partition(":")[2] not in KEY_VERBS:
             raise RequestError(
                 422,
                 f"permissions: '{permission}' cannot be given to an API key: "
-                "keys only read (view permissions)",
+                "keys only read (view and export permissions)",
                 {"permissions": "not a view"},
             )
         if creator.user_id != owner.user_id and not policy.authorize(creator, permission):

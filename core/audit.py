@@ -93,19 +93,20 @@ class Origin(Protocol):
     def device(self) -> str | None: ...
 
 
-def append_security_event(
+def append_from(
     session: Session,
+    origin: Origin,
     *,
     stream: str,
     action: str,
     target: str,
     actor: str,
-    origin: Origin,
     after: dict[str, Any] | None,
     before: dict[str, Any] | None = None,
     actor_type: str = "user",
+    sensitivity: str = "normal",
 ) -> AppendResult:
-    """A new security-sensitive event, from the channel, address and device of `origin`."""
+    """A new event, from the channel, address and device of `origin`."""
     return append(
         session,
         NewAuditEvent(
@@ -120,8 +121,35 @@ def append_security_event(
             device=origin.device,
             before=before,
             after=after,
-            sensitivity="security",
+            sensitivity=sensitivity,
         ),
+    )
+
+
+def append_security_event(
+    session: Session,
+    *,
+    stream: str,
+    action: str,
+    target: str,
+    actor: str,
+    origin: Origin,
+    after: dict[str, Any] | None,
+    before: dict[str, Any] | None = None,
+    actor_type: str = "user",
+) -> AppendResult:
+    """A new security-sensitive event (sign-ins, MFA, sessions, keys, permissions)."""
+    return append_from(
+        session,
+        origin,
+        stream=stream,
+        action=action,
+        target=target,
+        actor=actor,
+        after=after,
+        before=before,
+        actor_type=actor_type,
+        sensitivity="security",
     )
 
 

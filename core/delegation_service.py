@@ -7,7 +7,6 @@ transaction. Decisions taken under a delegation name both people (core/request_s
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -103,21 +102,16 @@ def _record(
     delegate: str,
     before: dict[str, str | None] | None,
 ) -> None:
-    audit.append(
+    audit.append_from(
         session,
-        audit.NewAuditEvent(
-            event_id=uuid.uuid4(),
-            stream=f"delegation:{row.id}",
-            action=action,
-            target=f"user:{delegate}",
-            actor=principal.username,
-            channel=origin.channel,
-            ip=origin.ip,
-            device=origin.device,
-            before=before,
-            after=_snapshot(row, delegator, delegate),
-            sensitivity="high",
-        ),
+        origin,
+        stream=f"delegation:{row.id}",
+        action=action,
+        target=f"user:{delegate}",
+        actor=principal.username,
+        before=before,
+        after=_snapshot(row, delegator, delegate),
+        sensitivity="high",
     )
 
 

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         default=100, ge=1, le=100_000, alias="CREDENTIAL_FAILURES_BURST"
     )
 
+    # CSV exports streaming at once in one web process: each holds a database connection
+    # and a snapshot until its client has the last row; one more is refused with a 429.
+    exports_at_once: int = Field(default=4, ge=1, le=100, alias="EXPORTS_AT_ONCE")
+
     platform_url: str | None = Field(default=None, alias="PLATFORM_URL")
     platform_secret: SecretStr = Field(
         default=SecretStr(DEV_PLACEHOLDER_SECRET), alias="PLATFORM_SECRET"

@@ -157,26 +157,20 @@ def _record(
     holder_before: str | None,
     holder_after: str | None,
 ) -> None:
-    audit.append(
+    audit.append_from(
         session,
-        audit.NewAuditEvent(
-            event_id=uuid.uuid4(),
-            stream=request_stream(task.request_id),
-            action=action,
-            target=request_stream(task.request_id),
-            actor=principal.username,
-            actor_type="user",
-            channel=origin.channel,
-            ip=origin.ip,
-            device=origin.device,
-            before={"claimed_by": holder_before},
-            after={
-                "claimed_by": holder_after,
-                "task_id": task.id,
-                "step": task.step_index,
-                "step_name": task.name,
-            },
-        ),
+        origin,
+        stream=request_stream(task.request_id),
+        action=action,
+        target=request_stream(task.request_id),
+        actor=principal.username,
+        before={"claimed_by": holder_before},
+        after={
+            "claimed_by": holder_after,
+            "task_id": task.id,
+            "step": task.step_index,
+            "step_name": task.name,
+        },
     )
     notify_request_changed(session, task.request_id, action.replace(".", "_"))
 

@@ -13,7 +13,7 @@ from starlette.datastructures import FormData
 
 from api.deps import PathRowId, RuntimeDep, origin_of
 from core import api_keys
-from core.api_keys import MANAGE, IssuedKey, NewApiKey
+from core.api_keys import KEY_VERBS, MANAGE, IssuedKey, NewApiKey
 from core.request_service import RequestError
 from core.runtime import Runtime
 from web.routes import FormDep, Viewer, ViewerDep, base_context, csrf_checked_form, render
@@ -24,9 +24,15 @@ LIFETIMES_DAYS = (7, 30, 90, 180, 365)
 DEFAULT_LIFETIME_DAYS = 90
 
 
-def _view_permissions(rt: Runtime, viewer: Viewer) -> list[str]:
-    """What a key of this person's may carry: the view permissions they hold."""
-    wanted = (f"{resource}:view" for resource in sorted(rt.policy.roles.resources))
+def _key_permissions(rt: Runtime, viewer: Viewer) -> list[str]:
+    """What a key of this person's may carry: the view and export permissions they hold."""
+    resources = rt.policy.roles.resources
+    wanted = (
+        f"{name}:{verb}"
+        for name in sorted(resources)
+        for verb in KEY_VERBS
+        if verb in resources[name].verbs
+    )
     return [p for p in wanted if rt.policy.authorize(viewer.principal, p)]
 
 
@@ -63,7 +69,7 @@ def _page(
         "others": others[:LIST_SIZE],
         "more_others": len(others) > LIST_SIZE,
         "manages_all": manages_all,
-        "permissions": _view_permissions(rt, viewer),
+        "permissions": _key_permissions(rt, viewer),
         "lifetimes": LIFETIMES_DAYS,
         "values": values,
         "errors": error.fields if error else {},

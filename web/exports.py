@@ -14,17 +14,25 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
-from api.deps import RuntimeDep, csv_download, origin_of
+from api.deps import (
+    EXPORTS_BUSY_RETRY_SECONDS,
+    CsvDownload,
+    RuntimeDep,
+    origin_of,
+    take_export_slot,
+)
 from core import denials
 from core.exports import (
     AUDIT_COLUMNS,
     EXPORT_BATCH,
     Column,
     as_json,
-    csv_table,
+    csv_stream,
+    read_in_batches,
     record_export,
-    record_id,
+    row_id,
 )
 from core.runtime import Runtime
 from web.routes import Viewer, ViewerDep, WebSessionDep, base_context, render
@@ -35,7 +43,7 @@ router = APIRouter(include_in_schema=False)
 
 COLUMNS: dict[str, tuple[Column, ...]] = {
     "players": (
-        Column("player_id", record_id),
+        Column("player_id", row_id),
         Column("username", lambda p: p.username),
         Column("status", lambda p: p.status),
         Column("region", lambda p: p.region),
@@ -48,7 +56,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("created_at", lambda p: p.created_at),
     ),
     "games": (
-        Column("game_id", record_id),
+        Column("game_id", row_id),
         Column("name", lambda g: g.name),
         Column("provider", lambda g: g.provider),
         Column("category", lambda g: g.category),
@@ -86,7 +94,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("spent", lambda s: s.spend),
     ),
     "campaigns": (
-        Column("campaign_id", record_id),
+        Column("campaign_id", row_id),
         Column("name", lambda c: c.name),
         Column("segment", lambda c: c.segment),
         Column("status", lambda c: c.status),
@@ -96,14 +104,14 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("ends_at", lambda c: c.ends_at),
     ),
     "affiliates": (
-        Column("affiliate_id", record_id),
+        Column("affiliate_id", row_id),
         Column("name", lambda a: a.name),
         Column("plan", lambda a: a.plan),
         Column("rate", lambda a: a.rate),
         Column("status", lambda a: a.status),
     ),
     "risk_rules": (
-        Column("rule_id", record_id),
+        Column("rule_id", row_id),
         Column("name", lambda r: r.name),
         Column("description", lambda r: r.description),
         Column("thresholds", lambda r: as_json(r.threshold)),
@@ -165,19 +173,14 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
 
 
 def _rows(rt: Runtime, viewer: Viewer, section: Section, values: dict[str, str]) -> Iterator[Any]:
-    with rt.sessions() as session:
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        cursor: str | None = None
-        while True:
-            ctx = ListContext(
-                session, rt, viewer, values, cursor, page_size=EXPORT_BATCH, for_display=False
-            )
-            listing = section.load(ctx)
-            yield from listing.rows
-            session.expunge_all()  # written out already: keep memory flat on long exports
-            if listing.next_cursor is None:
-                return
-            cursor = listing.next_cursor
+    def batch(session: Session, cursor: str | None) -> tuple[list[Any], str | None]:
+        ctx = ListContext(
+            session, rt, viewer, values, cursor, page_size=EXPORT_BATCH, for_display=False
+        )
+        listing = section.load(ctx)
+        return listing.rows, listing.next_cursor
+
+    return read_in_batches(rt.sessions, batch)
 
 
 def _refused(request: Request, viewer: Viewer, message: str, status: int) -> Response:
@@ -218,15 +221,23 @@ def export_section(
     except BadInput as err:
         return _refused(request, viewer, str(err), 422)
     session.rollback()
-    record_export(
-        session,
-        actor=viewer.principal.username,
-        origin=origin,
-        what=f"section:{section.key}",
-        filters={name: value for name, value in values.items() if value},
-    )
-    session.commit()
-    return csv_download(
-        section.key.replace("_", "-"),
-        csv_table(COLUMNS[section.key], _rows(rt, viewer, section, values)),
-    )
+    release = take_export_slot(request)
+    if release is None:
+        message = "Other exports are still downloading; try again in a minute."
+        busy = _refused(request, viewer, message, 429)
+        busy.headers["Retry-After"] = str(EXPORTS_BUSY_RETRY_SECONDS)
+        return busy
+    try:
+        record_export(
+            session,
+            actor=viewer.principal.username,
+            origin=origin,
+            what=f"section:{section.key}",
+            filters={name: value for name, value in values.items() if value},
+        )
+        session.commit()
+        chunks = csv_stream(COLUMNS[section.key], _rows(rt, viewer, section, values))
+        return CsvDownload(section.key.replace("_", "-"), chunks, release)
+    except BaseException:
+        release()
+        raise

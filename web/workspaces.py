@@ -59,7 +59,7 @@ ON_OFF = ("enabled", "disabled")
 MAX_SEARCH = 100
 MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 ENTITY_ID = re.compile(r"^[A-Za-z0-9-]{1,32}$")
-LIABILITY = re.compile(r"^\d{1,16}(\.\d{1,2})?$")
+LIABILITY = re.compile(r"^-?\d{1,30}(\.\d{1,2})?$")  # a sum of Numeric(18, 2), maybe negative
 AUDIT_ID = re.compile(r"^\d{1,18}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 BAD_CURSOR = "That page link is not valid; start again from the first page."
@@ -527,12 +527,15 @@ def _parse_time(value: str | None) -> datetime | None:
 def list_audit(ctx: ListContext) -> Listing:
     if ctx.cursor is not None and not AUDIT_ID.match(ctx.cursor):
         raise BadInput(BAD_CURSOR)
+    since, until = _parse_time(ctx.value("since")), _parse_time(ctx.value("until"))
+    if since is not None and until is not None and since >= until:
+        raise BadInput("Since must be before until.")
     query = audit.AuditQuery(
         stream=ctx.value("stream"),
         actor=ctx.value("actor"),
         sensitivity=ctx.value("sensitivity"),
-        since=_parse_time(ctx.value("since")),
-        until=_parse_time(ctx.value("until")),
+        since=since,
+        until=until,
         before_id=int(ctx.cursor) if ctx.cursor is not None else None,
         limit=ctx.page_size + 1,
         scope=ctx.players_in_scope(),

@@ -7,12 +7,21 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
-from api.deps import CallerDep, RuntimeDep, SessionDep, csv_download, origin_of, require
+from api.deps import (
+    EXPORTS_BUSY_RETRY_SECONDS,
+    CallerDep,
+    CsvDownload,
+    RuntimeDep,
+    SessionDep,
+    origin_of,
+    require,
+    take_export_slot,
+)
 from api.schemas import AuditEventOut, Page, audit_event_out
 from core import audit
-from core.exports import AUDIT_COLUMNS, audit_rows, csv_table, record_export
+from core.exports import AUDIT_COLUMNS, audit_rows, csv_stream, record_export
 from core.repositories.scope import PlayerScope
 from core.request_service import data_scope
 
@@ -26,6 +35,20 @@ class AuditFilters:
     sensitivity: str | None
     since: datetime | None
     until: datetime | None
+
+    def query(
+        self, scope: PlayerScope, before_id: int | None = None, limit: int = 50
+    ) -> audit.AuditQuery:
+        return audit.AuditQuery(
+            stream=self.stream,
+            actor=self.actor,
+            sensitivity=self.sensitivity,
+            since=self.since,
+            until=self.until,
+            before_id=before_id,
+            limit=limit,
+            scope=scope,
+        )
 
     def as_dict(self) -> dict[str, str]:
         return {
@@ -74,15 +97,8 @@ def search_audit(
     A caller whose data scope is narrowed to some regions or segments sees only the events
     of requests within it (a request outside it reads as an empty stream)."""
     require(rt, caller.principal, "audit:view")
-    events = audit.search(
-        session,
-        audit.AuditQuery(
-            **vars(filters),
-            before_id=cursor,
-            limit=limit + 1,
-            scope=PlayerScope.of(data_scope(rt, caller.principal)),
-        ),
-    )
+    scope = PlayerScope.of(data_scope(rt, caller.principal))
+    events = audit.search(session, filters.query(scope, before_id=cursor, limit=limit + 1))
     next_cursor = str(events[limit - 1].id) if len(events) > limit else None
     return Page[AuditEventOut](items=[audit_event_out(e) for e in events[:limit]], next=next_cursor)
 
@@ -98,22 +114,34 @@ def export_audit(
     rt: RuntimeDep,
     session: SessionDep,
     filters: AuditFiltersDep,
-) -> StreamingResponse:
+) -> Response:
     """Every event the filters match, newest first, as CSV with its hashes (for checking
     against the chain), from one consistent snapshot. Needs `audit:export`; the export
     itself is recorded in the audit store, with its filters, before the first row is sent.
     The data scope narrows it as it narrows the search."""
     require(rt, caller.principal, "audit:view")
     require(rt, caller.principal, "audit:export")
-    record_export(
-        session,
-        actor=caller.principal.username,
-        origin=origin_of(request, "api"),
-        what="audit",
-        filters=filters.as_dict(),
-    )
-    session.commit()
-    query = audit.AuditQuery(
-        **vars(filters), scope=PlayerScope.of(data_scope(rt, caller.principal))
-    )
-    return csv_download("audit", csv_table(AUDIT_COLUMNS, audit_rows(rt.sessions, query)))
+    release = take_export_slot(request)
+    if release is None:
+        raise HTTPException(
+            429,
+            "other exports are still downloading; try again in a minute",
+            headers={"Retry-After": str(EXPORTS_BUSY_RETRY_SECONDS)},
+        )
+    try:
+        record_export(
+            session,
+            actor=caller.principal.username,
+            origin=origin_of(request, "api"),
+            what="audit",
+            filters=filters.as_dict(),
+            api_key=caller.api_key.prefix if caller.api_key is not None else None,
+        )
+        session.commit()
+        query = filters.query(PlayerScope.of(data_scope(rt, caller.principal)))
+        return CsvDownload(
+            "audit", csv_stream(AUDIT_COLUMNS, audit_rows(rt.sessions, query)), release
+        )
+    except BaseException:
+        release()
+        raise

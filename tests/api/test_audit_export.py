@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -59,7 +60,7 @@ async def test_the_export_holds_what_the_search_pages_through_and_records_itself
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/csv")
     assert 'filename="audit-' in response.headers["content-disposition"]
-    rows = list(csv.DictReader(io.StringIO(response.text)))
+    rows = list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
     searched = await every_page(api, headers, actor="fin.clerk")
     assert [int(row["id"]) for row in rows] == [int(item["id"]) for item in searched]
     assert len(rows) >= 3
@@ -118,3 +119,58 @@ async def test_bad_filters_are_refused_before_anything_is_written(
 
 async def test_without_credentials_there_is_no_export(api: httpx.AsyncClient):
     assert (await api.get(EXPORT)).status_code == 401
+
+
+async def test_an_archiving_system_exports_with_a_key_that_holds_audit_export(
+    api: httpx.AsyncClient, tokens: Tokens, sessions: SessionFactory, make_user
+):
+    """A key may carry audit:export (taking a report away is reading); one without it is
+    refused, and the export names the key it was taken with."""
+    officer = make_user(("compliance.officer",), "compliance", "compliance")
+    headers = await tokens.headers(officer)
+
+    async def key_with(permissions: list[str]) -> dict[str, str]:
+        body = {
+            "name": "evidence archive",
+            "expires_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
+            "permissions": permissions,
+        }
+        issued = await api.post("/api/v1/api-keys", json=body, headers=headers)
+        assert issued.status_code == 201, issued.text
+        return {"X-API-Key": issued.json()["key"], "prefix": issued.json()["prefix"]}
+
+    reader = await key_with(["audit:view"])
+    archiver = await key_with(["audit:view", "audit:export"])
+
+    refused = await api.get(EXPORT, headers={"X-API-Key": reader["X-API-Key"]})
+    assert refused.status_code == 403 and "audit:export" in refused.json()["detail"]
+    assert exports_by(sessions, officer) == 0
+
+    taken = await api.get(
+        EXPORT, params={"actor": officer}, headers={"X-API-Key": archiver["X-API-Key"]}
+    )
+    assert taken.status_code == 200, taken.text
+    rows = list(csv.DictReader(io.StringIO(taken.content.decode("utf-8-sig"))))
+    assert "api_key.created" in {row["action"] for row in rows}
+    with sessions() as session:
+        recorded = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.actor == officer, AuditEvent.action == "data.exported"
+            )
+        ).one()
+    assert recorded.after is not None
+    assert recorded.after["api_key"] == archiver["prefix"]
+
+
+async def test_a_key_cannot_carry_other_permissions_than_view_and_export(
+    api: httpx.AsyncClient, tokens: Tokens, make_user
+):
+    officer = make_user(("compliance.officer",), "compliance", "compliance")
+    body = {
+        "name": "x",
+        "expires_at": (datetime.now(UTC) + timedelta(days=3)).isoformat(),
+        "permissions": ["cases:edit"],
+    }
+    refused = await api.post("/api/v1/api-keys", json=body, headers=await tokens.headers(officer))
+    assert refused.status_code == 422, refused.text
+    assert "keys only read (view and export permissions)" in refused.json()["detail"]

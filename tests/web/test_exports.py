@@ -3,22 +3,31 @@ viewer's data scope, recorded in the audit trail; refused cleanly when not allow
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Page, expect
-from sqlalchemy import select
+from sqlalchemy import select, text
+from starlette.types import Message
 
+from api.app import create_app
 from core.db import SessionFactory, transaction
 from core.exports import csv_cell
-from core.models import AuditEvent, Player
+from core.models import AuditEvent, Market, Player, SportEvent
+from core.runtime import Runtime
 from tests.conftest import sign_in_and_open
-from tests.web.test_workspaces import add_payment, add_players, tag
+from tests.web.test_workspaces import add_payment, add_players, add_request, rows_of, tag
+from web import exports as web_exports
 
 EXPORT_LINK = re.compile(r'<a href="([^"]+)" download>Download every matching row as CSV</a>')
 
@@ -26,7 +35,7 @@ EXPORT_LINK = re.compile(r'<a href="([^"]+)" download>Download every matching ro
 def table(response: httpx.Response) -> list[dict[str, str]]:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/csv")
-    return list(csv.DictReader(io.StringIO(response.text)))
+    return list(csv.DictReader(io.StringIO(response.content.decode("utf-8-sig"))))
 
 
 def export_events(sessions: SessionFactory, actor: str) -> list[AuditEvent]:
@@ -245,7 +254,235 @@ async def test_downloading_from_the_page_in_a_browser(
     download = await waiting.value
     saved = tmp_path / download.suggested_filename
     await download.save_as(saved)
-    with saved.open(newline="") as file:
+    with saved.open(newline="", encoding="utf-8-sig") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == 30
     assert {row["player"] for row in rows} == {player}
+
+
+# --- long exports: batches, a download cut short, exports at once ------------------------
+
+
+def many_players(sessions: SessionFactory, count: int) -> str:
+    """`count` players sharing a tag in their usernames; returns the tag."""
+    label = tag()
+    add_players(sessions, label, [{"region": "UK"}] * count)
+    return label
+
+
+async def test_every_batch_of_an_export_follows_on_from_the_last(
+    web: httpx.AsyncClient, sessions: SessionFactory, make_user, monkeypatch
+):
+    """Batches of 3 walk each kind of cursor (ids, liability totals, time-ordered audit
+    events, requests): the rows are the page's rows, each once, in the page's order."""
+    monkeypatch.setattr(web_exports, "EXPORT_BATCH", 3)
+    label = many_players(sessions, 30)
+    with transaction(sessions) as session:
+        for number in range(12):
+            session.add(
+                SportEvent(
+                    id=f"EV-{label}-{number:02d}",
+                    sport="football",
+                    name=f"{label} match {number}",
+                    starts_at=datetime.now(UTC) + timedelta(days=1),
+                    status="scheduled",
+                )
+            )
+        session.flush()
+        for number in range(12):
+            # Totals repeat, and some are negative (a book that wins whatever happens).
+            liability = Decimal((number % 5) * 1000 - 1500)
+            session.add(
+                Market(
+                    id=f"MKT-{label}-{number:02d}",
+                    event_id=f"EV-{label}-{number:02d}",
+                    name="Match result",
+                    status="open",
+                    odds={"home": 2.0, "away": 2.0},
+                    liability=liability,
+                )
+            )
+    requests = [
+        add_request(
+            sessions, action="payment.withdrawal", target=f"PAY-{label}-{n}", status="pending"
+        )
+        for n in range(10)
+    ]
+    username = make_user(("platform.admin", "compliance.officer"), "platform", "admin")
+    await sign_in_and_open(web, username, "/tasks")
+    for _ in range(3):
+        assert (await web.get(f"/w/compliance/audit?actor={username}")).status_code == 200
+
+    players = table(await web.get(f"/w/crm/players/export.csv?q={label}"))
+    assert [row["player_id"] for row in players] == [f"PLR-{label}-{n:03d}" for n in range(1, 31)]
+
+    events = table(await web.get(f"/w/trading/liability/export.csv?q={label}"))
+    page = await web.get(f"/w/trading/liability?q={label}")
+    assert [row["event_id"] for row in events] == rows_of(page.text)
+    assert len(events) == 12
+    assert Decimal(events[-1]["total_liability"]) == Decimal("-1500.00")
+
+    listed = table(await web.get(f"/w/compliance/requests/export.csv?q=PAY-{label}-"))
+    assert sorted(row["request_id"] for row in listed) == sorted(map(str, requests))
+
+    since = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    trail = table(await web.get(f"/w/compliance/audit/export.csv?actor={username}&since={since}"))
+    ids = [int(row["id"]) for row in trail]
+    assert len(ids) >= 5 and len(set(ids)) == len(ids)
+    moments = [row["occurred_at"] for row in trail]
+    assert moments == sorted(moments, reverse=True)
+
+
+def raw_request(path: str, query: str, cookie: str, spec_version: str) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": spec_version},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"cookie", cookie.encode())],
+        "client": ("127.0.0.1", 50123),
+        "server": ("testserver", 80),
+    }
+
+
+@pytest.fixture
+def one_export_at_a_time(runtime: Runtime) -> Iterator[None]:
+    plain = runtime.settings
+    runtime.settings = plain.model_copy(update={"exports_at_once": 1})
+    try:
+        yield
+    finally:
+        runtime.settings = plain
+
+
+def transactions_left_open(sessions: SessionFactory) -> int:
+    with sessions() as session:
+        return (
+            session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+                )
+            )
+            or 0
+        )
+
+
+@pytest.mark.parametrize("spec_version", ["2.4", "2.3"])
+async def test_a_download_cut_short_ends_its_transaction_and_frees_its_slot(
+    runtime: Runtime,
+    worker: Any,
+    sessions: SessionFactory,
+    make_user,
+    monkeypatch,
+    one_export_at_a_time: None,
+    spec_version: str,
+):
+    """The client goes away after the first piece: the export's snapshot ends at once (not
+    when the garbage collector gets to it) and the next export may start."""
+    monkeypatch.setattr(web_exports, "EXPORT_BATCH", 50)
+    label = many_players(sessions, 1500)  # several pieces of 64 KiB
+    app = create_app(runtime)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=True
+    ) as client:
+        username = make_user(("operations.agent",), "ops", "operations")
+        await sign_in_and_open(client, username, "/w/operations/players")
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        checked_out = runtime.engine.pool.checkedout()  # type: ignore[attr-defined]
+
+        gone = asyncio.Event()
+        pieces: list[bytes] = []
+        asked: list[bool] = []
+
+        async def receive() -> Message:
+            if not asked:
+                asked.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                return
+            pieces.append(message["body"])
+            if spec_version == "2.4":
+                raise OSError("connection reset by peer")
+            gone.set()
+            await asyncio.sleep(3600)  # this client reads no more
+
+        scope = raw_request("/w/operations/players/export.csv", f"q={label}", cookie, spec_version)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(app(scope, receive, send), timeout=30)
+
+        assert len(pieces) == 1 and b"player_id" in pieces[0]
+        assert pieces[0].count(b"\r\n") < 1500  # cut short: not every row went out
+        assert runtime.engine.pool.checkedout() == checked_out  # type: ignore[attr-defined]
+        assert transactions_left_open(sessions) == 0
+        rows = table(await client.get(f"/w/operations/players/export.csv?q={label}"))
+        assert len(rows) == 1500  # the only slot was given back
+
+
+async def test_one_export_too_many_waits_its_turn(
+    runtime: Runtime, worker: Any, sessions: SessionFactory, make_user, one_export_at_a_time: None
+):
+    label = many_players(sessions, 1500)
+    app = create_app(runtime)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=True
+    ) as client:
+        username = make_user(("operations.agent",), "ops", "operations")
+        await sign_in_and_open(client, username, "/w/operations/players")
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        first_piece, go_on = asyncio.Event(), asyncio.Event()
+        received: list[bytes] = []
+
+        asked: list[bool] = []
+
+        async def receive() -> Message:
+            if not asked:
+                asked.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                received.append(message["body"])
+                first_piece.set()
+                await go_on.wait()  # a slow reader
+
+        scope = raw_request("/w/operations/players/export.csv", f"q={label}", cookie, "2.4")
+        slow = asyncio.create_task(app(scope, receive, send))
+        await asyncio.wait_for(first_piece.wait(), timeout=30)
+        before = len(export_events(sessions, username))
+
+        busy = await client.get(f"/w/operations/players/export.csv?q={label}")
+
+        assert busy.status_code == 429
+        assert busy.headers["retry-after"] == "30"
+        assert "Other exports are still downloading" in busy.text
+        assert len(export_events(sessions, username)) == before  # nothing recorded
+        go_on.set()
+        await asyncio.wait_for(slow, timeout=60)
+        whole = b"".join(received).decode("utf-8-sig")
+        assert whole.count("\r\n") == 1501  # the slow one got everything
+        assert len(table(await client.get(f"/w/operations/players/export.csv?q={label}"))) == 1500
+
+
+async def test_an_audit_window_that_ends_before_it_starts_is_refused(
+    web: httpx.AsyncClient, sessions: SessionFactory, make_user
+):
+    username = make_user(("compliance.officer",), "compliance", "compliance")
+    await sign_in_and_open(web, username, "/w/compliance/audit")
+    window = "since=2026-11-24T10:00&until=2026-11-23T10:00"
+    for path in ("/w/compliance/audit", "/w/compliance/audit/export.csv"):
+        response = await web.get(f"{path}?{window}")
+        assert response.status_code == 422, path
+        assert "Since must be before until." in response.text
+    assert export_events(sessions, username) == []
