@@ -8,7 +8,7 @@ import contextlib
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.async_api import Page, expect
 from sqlalchemy import select, text
 from starlette.types import Message
@@ -350,6 +351,22 @@ def raw_request(path: str, query: str, cookie: str, spec_version: str) -> dict:
     }
 
 
+@contextlib.asynccontextmanager
+async def signed_in_agent(
+    runtime: Runtime, make_user
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, str, str]]:
+    """An app of its own (so its export slots are this test's), a client signed in to it
+    as a new operations agent, the agent's username and the session cookie header."""
+    app = create_app(runtime)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=True
+    ) as client:
+        username = make_user(("operations.agent",), "ops", "operations")
+        await sign_in_and_open(client, username, "/w/operations/players")
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+        yield app, client, username, cookie
+
+
 @pytest.fixture
 def one_export_at_a_time(runtime: Runtime) -> Iterator[None]:
     plain = runtime.settings
@@ -387,13 +404,7 @@ async def test_a_download_cut_short_ends_its_transaction_and_frees_its_slot(
     when the garbage collector gets to it) and the next export may start."""
     monkeypatch.setattr(web_exports, "EXPORT_BATCH", 50)
     label = many_players(sessions, 1500)  # several pieces of 64 KiB
-    app = create_app(runtime)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=True
-    ) as client:
-        username = make_user(("operations.agent",), "ops", "operations")
-        await sign_in_and_open(client, username, "/w/operations/players")
-        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    async with signed_in_agent(runtime, make_user) as (app, client, _, cookie):
         checked_out = runtime.engine.pool.checkedout()  # type: ignore[attr-defined]
 
         gone = asyncio.Event()
@@ -432,13 +443,7 @@ async def test_one_export_too_many_waits_its_turn(
     runtime: Runtime, worker: Any, sessions: SessionFactory, make_user, one_export_at_a_time: None
 ):
     label = many_players(sessions, 1500)
-    app = create_app(runtime)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver", follow_redirects=True
-    ) as client:
-        username = make_user(("operations.agent",), "ops", "operations")
-        await sign_in_and_open(client, username, "/w/operations/players")
-        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    async with signed_in_agent(runtime, make_user) as (app, client, username, cookie):
         first_piece, go_on = asyncio.Event(), asyncio.Event()
         received: list[bytes] = []
 
